@@ -1,0 +1,55 @@
+"""MobileNetV2 backbone with GAIC's multi-scale fusion at stride 16.
+
+Crop quality depends on both fine detail (stride 8) and global layout (stride 32), so the three
+stages are resampled to stride 16 and concatenated before a 1x1 reduction, as in GAIC and S2CNet.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+FUSED_CHANNELS = 32 + 96 + 320  # MobileNetV2 widths at strides 8, 16 and 32
+
+
+class FusedMobileNetV2(nn.Module):
+    """torchvision's MobileNetV2 ``features`` split into three stages and fused at stride 16."""
+
+    def __init__(self, out_channels: int = 32, imagenet_weights: str | Path | None = None) -> None:
+        super().__init__()
+        net = torchvision.models.mobilenet_v2()
+        if imagenet_weights is not None:
+            # Users with torchvision's ImageNet checkpoint on disk pass its path; nothing is downloaded.
+            state = torch.load(imagenet_weights, map_location="cpu", weights_only=True)
+            net.load_state_dict(state)
+        features = net.features
+        self.stage8 = features[:7]  # 32 channels, stride 8
+        self.stage16 = features[7:14]  # 96 channels, stride 16
+        self.stage32 = features[14:18]  # 320 channels, stride 32
+        self.reduce = nn.Sequential(nn.Conv2d(FUSED_CHANNELS, out_channels, 1), nn.ReLU(inplace=True))
+        self.out_channels = out_channels
+
+    def fused(self, x: torch.Tensor) -> torch.Tensor:
+        """The 448-channel stride-16 map before reduction (also feeds the saliency head)."""
+        c8 = self.stage8(x)
+        c16 = self.stage16(c8)
+        c32 = self.stage32(c16)
+        size = c16.shape[-2:]
+        c8 = F.adaptive_avg_pool2d(c8, size)
+        c32 = F.interpolate(c32, size=size, mode="bilinear", align_corners=False)
+        return torch.cat([c8, c16, c32], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.reduce(self.fused(x))
+
+    def freeze_bn(self) -> None:
+        """Keep BatchNorm statistics fixed: GAIC-style training sees one image per step."""
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.eval()
+                for p in m.parameters():
+                    p.requires_grad_(False)

@@ -1,0 +1,125 @@
+"""S2CNet: spatial-semantic collaborative cropping (Su et al., AAAI 2024), readable top to bottom.
+
+image -> fused MobileNetV2 map -> RoI+RoD features for every candidate crop and every object box
+(the "visual genes") -> one small graph per candidate (crop node + object nodes) with spatial and
+semantic edges -> aggregation gate -> L spatial-semantic self-attention layers -> crop node -> score.
+With ``use_graph=False`` it is the GAIC baseline: the crop's RoI+RoD features straight to a score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+from s2cnet.backbone import FusedMobileNetV2
+from s2cnet.graph import (AggregationGate, SemanticEdges, SpatialEdges, SpatialSemanticAttention,
+                          pair_geometry)
+from s2cnet.roi import rod_features, roi_features
+
+STRIDE = 16
+
+
+@dataclass
+class S2CNetConfig:
+    reduced_dim: int = 32  # channels after the backbone's 1x1 reduction
+    align_size: int = 9  # RoIAlign / RoDAlign output is align_size x align_size
+    node_dim: int = 256
+    num_layers: int = 2  # spatial-semantic self-attention layers
+    num_heads: int = 4
+    mlp_ratio: float = 2.0
+    dropout: float = 0.1
+    edge_strategy: str = "disemb"  # "disdrop" | "disemb" | "none"
+    distance_threshold: float = 0.4  # DisDrop: centre distance in image diagonals
+    max_objects: int = 10  # object nodes kept per image
+    use_gate: bool = True  # feature aggregation gate
+    use_semantic: bool = True  # semantic (feature-similarity) edges
+    use_graph: bool = True  # False: GAIC baseline, no object nodes, no attention
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "S2CNetConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown S2CNetConfig keys: {sorted(unknown)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def box_position(boxes: torch.Tensor, width: float, height: float) -> torch.Tensor:
+    """Normalised corners, size and log aspect: where in the photo a node lies -> [N, 7]."""
+    scale = boxes.new_tensor([width, height, width, height])
+    b = boxes / scale
+    w, h = (b[:, 2] - b[:, 0]).clamp(min=1e-3), (b[:, 3] - b[:, 1]).clamp(min=1e-3)
+    return torch.stack([b[:, 0], b[:, 1], b[:, 2], b[:, 3], w, h, torch.log(w * width / (h * height))], dim=1)
+
+
+class NodeEncoder(nn.Module):
+    """RoI + RoD features of a box -> one node token (GAIC's head, up to its last layers)."""
+
+    def __init__(self, cfg: S2CNetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.conv = nn.Sequential(
+            nn.Conv2d(2 * cfg.reduced_dim, cfg.node_dim, cfg.align_size), nn.ReLU(inplace=True), nn.Flatten()
+        )
+        self.position = nn.Linear(7, cfg.node_dim)
+
+    def forward(self, feat: torch.Tensor, boxes: torch.Tensor, width: float, height: float) -> torch.Tensor:
+        s = self.cfg.align_size
+        x = torch.cat([roi_features(feat, boxes, s, STRIDE), rod_features(feat, boxes, s, STRIDE)], dim=1)
+        return self.conv(x) + self.position(box_position(boxes, width, height))
+
+
+class S2CNet(nn.Module):
+    def __init__(self, cfg: S2CNetConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg = cfg or S2CNetConfig()
+        self.backbone = FusedMobileNetV2(cfg.reduced_dim)
+        self.nodes = NodeEncoder(cfg)
+        if cfg.use_graph:
+            self.spatial = SpatialEdges(cfg.edge_strategy, cfg.num_heads, cfg.distance_threshold)
+            self.semantic = SemanticEdges(cfg.node_dim, cfg.num_heads) if cfg.use_semantic else None
+            self.gate = AggregationGate(cfg.node_dim) if cfg.use_gate else None
+            self.layers = nn.ModuleList(
+                SpatialSemanticAttention(cfg.node_dim, cfg.num_heads, cfg.mlp_ratio, cfg.dropout)
+                for _ in range(cfg.num_layers)
+            )
+            self.type_embed = nn.Parameter(torch.zeros(2, cfg.node_dim))  # crop node vs object node
+            self.norm = nn.LayerNorm(cfg.node_dim)
+        self.readout = nn.Sequential(nn.Linear(cfg.node_dim, 128), nn.ReLU(inplace=True), nn.Linear(128, 1))
+
+    def features(self, image: torch.Tensor) -> torch.Tensor:
+        """[1, 3, H, W] normalised image (sides multiples of 32) -> stride-16 map; one pass serves all crops."""
+        return self.backbone(image)
+
+    def score_crops(self, feat: torch.Tensor, crops: torch.Tensor, objects: torch.Tensor | None,
+                    width: float, height: float) -> torch.Tensor:
+        """Scores [N] for crops [N, 4] given objects [M, 4] (M may be 0), all in input pixels."""
+        crop_tokens = self.nodes(feat, crops, width, height)  # [N, D]
+        if not self.cfg.use_graph:
+            return self.readout(crop_tokens).squeeze(-1)
+        if objects is None:
+            objects = crops.new_zeros(0, 4)
+        objects = objects[: self.cfg.max_objects]
+        n, m = len(crops), len(objects)
+        obj_tokens = self.nodes(feat, objects, width, height) if m else crop_tokens.new_zeros(0, crop_tokens.shape[1])
+        x = torch.cat([(crop_tokens + self.type_embed[0])[:, None],
+                       (obj_tokens + self.type_embed[1])[None].expand(n, m, -1)], dim=1)  # [N, 1+M, D]
+        geometry, dist = pair_geometry(crops, objects, width, height)
+        bias, adjacency, keep = self.spatial(geometry, dist)
+        if self.semantic is not None:
+            sem_bias, sem_adj = self.semantic(x)
+            bias, adjacency = bias + sem_bias, (adjacency + sem_adj) / 2
+        if self.gate is not None:
+            x = self.gate(x, adjacency)
+        for layer in self.layers:
+            x = layer(x, bias, keep)
+        return self.readout(self.norm(x[:, 0])).squeeze(-1)
+
+    def forward(self, image: torch.Tensor, crops: torch.Tensor, objects: torch.Tensor | None = None) -> torch.Tensor:
+        h, w = image.shape[-2:]
+        return self.score_crops(self.features(image), crops, objects, float(w), float(h))

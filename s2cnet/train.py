@@ -1,0 +1,193 @@
+"""Train S2CNet on GAICD's human MOS. Seeded, resumable, one log line per epoch.
+
+    python -m s2cnet.train --data ../shared/data/gaicd --init runs/saliency.pt --out runs/s2cnet
+    python -m s2cnet.train --config best_config.json      # a file from tune/sweep.py
+
+The validation split is carved from GAICD train (never the test split) and only steers logging.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from s2cnet.data import GAICD
+from s2cnet.losses import crop_loss
+from s2cnet.metrics import average_metrics, image_metrics
+from s2cnet.model import S2CNet, S2CNetConfig
+
+
+@dataclass
+class TrainConfig:
+    data: str = "../shared/data/gaicd"
+    out: str = "runs/s2cnet"
+    init: str | None = None  # saliency-pretrained (DUTS) or ImageNet backbone checkpoint
+    epochs: int = 16
+    lr: float = 3e-4
+    backbone_lr: float = 1e-4
+    weight_decay: float = 1e-4
+    warmup_steps: int = 200
+    reg_weight: float = 1.0
+    rank_weight: float = 1.0
+    freeze_stage8: bool = True  # the stride-8 layers keep their pretrained weights (and save CPU)
+    val_size: int = 60  # images carved from train for validation
+    limit: int | None = None  # train on the first N training images (smoke runs, tests)
+    seed: int = 0
+    threads: int | None = None
+    model: S2CNetConfig = field(default_factory=S2CNetConfig)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        d = dict(d)
+        model = S2CNetConfig.from_dict(d.pop("model", {}))
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown TrainConfig keys: {sorted(unknown)}")
+        return cls(model=model, **d)
+
+
+def split_train_val(root: str | Path, val_size: int, seed: int) -> tuple[list[str], list[str]]:
+    ids = json.loads((Path(root) / "split.json").read_text())["train"]
+    ids = sorted(ids)
+    random.Random(seed).shuffle(ids)
+    return ids[val_size:], ids[:val_size]
+
+
+def load_backbone_init(model: S2CNet, path: str | Path) -> None:
+    """Accepts a saliency checkpoint (keys 'backbone.*') or a full S2CNet state dict."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("model", state)
+    own = model.state_dict()
+    matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape and not k.startswith("backbone.reduce")}
+    if not any(k.startswith("backbone.") for k in matched):
+        raise ValueError(f"{path} holds no backbone weights")
+    model.load_state_dict(matched, strict=False)
+
+
+@torch.no_grad()
+def evaluate_on(model: S2CNet, dataset: GAICD) -> dict[str, float]:
+    model.eval()
+    per_image = []
+    for i in range(len(dataset)):
+        s = dataset[i]
+        pred = model(s.image[None], s.crops, s.objects if model.cfg.use_graph else None)
+        per_image.append(image_metrics(pred.numpy(), s.mos.numpy()))
+    return average_metrics(per_image)
+
+
+def set_train_mode(model: S2CNet, cfg: TrainConfig) -> None:
+    model.train()
+    model.backbone.freeze_bn()
+    if cfg.freeze_stage8:
+        model.backbone.stage8.eval()
+
+
+def train(cfg: TrainConfig, report=None) -> dict[str, float]:
+    """Runs (or resumes) training; ``report(epoch, metrics, ckpt_path)`` lets Ray Tune observe it."""
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    train_ids, val_ids = split_train_val(cfg.data, cfg.val_size, cfg.seed)
+    train_ids = train_ids[: cfg.limit] if cfg.limit else train_ids
+    train_set = GAICD(cfg.data, "train", augment=True, seed=cfg.seed, ids=train_ids)
+    val_set = GAICD(cfg.data, "train", ids=val_ids)
+
+    model = S2CNet(cfg.model)
+    if cfg.init:
+        load_backbone_init(model, cfg.init)
+    model.backbone.freeze_bn()
+    if cfg.freeze_stage8:
+        for p in model.backbone.stage8.parameters():
+            p.requires_grad_(False)
+    backbone = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("backbone.") and not n.startswith("backbone.reduce")]
+    head = [p for n, p in model.named_parameters() if p.requires_grad and not (n.startswith("backbone.") and not n.startswith("backbone.reduce"))]
+    opt = torch.optim.AdamW([{"params": backbone, "lr": cfg.backbone_lr}, {"params": head, "lr": cfg.lr}],
+                            weight_decay=cfg.weight_decay)
+    total = cfg.epochs * len(train_set)
+    warm = min(cfg.warmup_steps, max(total // 10, 1))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+
+    start_epoch, history = 0, []
+    ckpt_path = out / "last.pt"
+    if ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(ck["model"]), opt.load_state_dict(ck["opt"]), sched.load_state_dict(ck["sched"])
+        start_epoch, history = ck["epoch"] + 1, ck["history"]
+        torch.set_rng_state(ck["torch_rng"])
+        print(f"resumed from {ckpt_path} at epoch {start_epoch}", flush=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.time()
+        set_train_mode(model, cfg)
+        rng = random.Random(cfg.seed * 1000 + epoch)
+        train_set.rng = random.Random(cfg.seed * 1000 + epoch + 1)
+        order = list(range(len(train_set)))
+        rng.shuffle(order)
+        logs: list[dict[str, float]] = []
+        for i in order:
+            s = train_set[i]
+            pred = model(s.image[None], s.crops, s.objects if cfg.model.use_graph else None)
+            loss, parts = crop_loss(pred, s.mos, cfg.reg_weight, cfg.rank_weight)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            opt.step()
+            sched.step()
+            logs.append({"loss": loss.item(), **parts})
+        val = evaluate_on(model, val_set)
+        row = {"epoch": epoch, **{k: float(np.mean([l[k] for l in logs])) for k in logs[0]},
+               "val_SRCC": val["SRCC"], "val_Acc5": val["Acc5"], "val_Acc10": val["Acc10"], "seconds": time.time() - t0}
+        history.append(row)
+        print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "epoch": epoch,
+                    "history": history, "torch_rng": torch.get_rng_state(), "config": asdict(cfg)}, ckpt_path)
+        if report is not None:
+            report(epoch, val, ckpt_path)
+    torch.save({"model": model.state_dict(), "config": asdict(cfg.model), "history": history}, out / "final.pt")
+    return history[-1] if history else {}
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", type=Path, help="JSON file of TrainConfig fields (model fields under 'model')")
+    for f in fields(TrainConfig):
+        if f.name == "model":
+            continue
+        kind = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true", "yes")}.get(str(f.type).split(" ")[0], str)
+        ap.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None)
+    ap.add_argument("--model", action="append", default=[], metavar="KEY=VALUE", help="S2CNetConfig override, repeatable")
+    args = ap.parse_args(argv)
+    base = json.loads(args.config.read_text()) if args.config else {}
+    for f in fields(TrainConfig):
+        v = getattr(args, f.name, None) if f.name != "model" else None
+        if v is not None:
+            base[f.name] = v
+    model = dict(base.get("model", {}))
+    for kv in args.model:
+        k, v = kv.split("=", 1)
+        default = getattr(S2CNetConfig(), k, None)
+        model[k] = type(default)(v) if not isinstance(default, bool) else v.lower() in ("1", "true", "yes")
+    base["model"] = model
+    return TrainConfig.from_dict(base)
+
+
+def main(argv: list[str] | None = None) -> None:
+    train(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""Image normalisation and augmentation shared by training, pretraining and inference."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])
+
+
+def resize_shape(width: int, height: int, short_side: int = 256, multiple: int = 32) -> tuple[int, int]:
+    """GAIC's input size: short side ~short_side, both sides rounded to a multiple of 32."""
+    scale = short_side / min(width, height)
+    w = max(multiple, int(round(width * scale / multiple)) * multiple)
+    h = max(multiple, int(round(height * scale / multiple)) * multiple)
+    return w, h
+
+
+def to_tensor(image: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> normalised float tensor [3, H, W]."""
+    x = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1).float() / 255.0
+    return (x - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None]
+
+
+def photometric_jitter(x: torch.Tensor, rng: random.Random) -> torch.Tensor:
+    """Brightness, contrast and saturation jitter on an unnormalised [3, H, W] tensor in 0..1."""
+    x = x * rng.uniform(0.75, 1.25)
+    mean = x.mean()
+    x = (x - mean) * rng.uniform(0.75, 1.25) + mean
+    gray = x.mean(0, keepdim=True)
+    x = (x - gray) * rng.uniform(0.7, 1.3) + gray
+    return x.clamp(0, 1)
