@@ -1,0 +1,89 @@
+"""Candidate crops on GAIC's grid: every crop the model scores comes from here.
+
+Free aspect ratio: the photo is cut into ``bins`` x ``bins`` cells; a crop's top-left corner lies in
+the first ``corner_bins`` cells and its bottom-right in the last ones (GAIC), subject to a minimum
+area and an aspect ratio in [1/2, 2]. Fixed ratio "W:H": crops of exactly that ratio (integer
+multiples of the reduced W:H, so exact to the pixel) at several scales, slid over a position grid.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from fractions import Fraction
+from math import gcd
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    bins: int = 12  # free ratio: grid cells per side
+    corner_bins: int = 4  # free ratio: cells each corner may move over
+    min_area: float = 0.5  # minimum crop area as a share of the photo (fixed ratio: of the largest crop)
+    max_aspect: float = 2.0  # free ratio: aspect ratio limits [1/max_aspect, max_aspect]
+    scales: int = 5  # fixed ratio: sizes from the largest fitting crop down to sqrt(min_area) of it
+    positions: int = 5  # fixed ratio: positions per free axis
+
+
+def parse_ratio(ratio: str) -> tuple[int, int]:
+    """'16:9' -> (16, 9) reduced; raises ValueError with the reason for anything else."""
+    parts = ratio.strip().split(":") if isinstance(ratio, str) else []
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise ValueError(f"aspect ratio must look like 'W:H' with positive integers, got {ratio!r}")
+    w, h = int(parts[0]), int(parts[1])
+    if w <= 0 or h <= 0 or w > 100 or h > 100:
+        raise ValueError(f"aspect ratio terms must be between 1 and 100, got {ratio!r}")
+    g = gcd(w, h)
+    return w // g, h // g
+
+
+def free_candidates(width: int, height: int, grid: GridConfig = GridConfig()) -> np.ndarray:
+    """GAIC's grid anchors -> [N, 4] int x1,y1,x2,y2 inside the photo."""
+    xs = np.round(np.arange(grid.bins + 1) * width / grid.bins).astype(int)
+    ys = np.round(np.arange(grid.bins + 1) * height / grid.bins).astype(int)
+    lo, hi = range(grid.corner_bins), range(grid.bins - grid.corner_bins + 1, grid.bins + 1)
+    out = []
+    for x1 in xs[list(lo)]:
+        for y1 in ys[list(lo)]:
+            for x2 in xs[list(hi)]:
+                for y2 in ys[list(hi)]:
+                    w, h = x2 - x1, y2 - y1
+                    if w <= 0 or h <= 0 or w * h < grid.min_area * width * height:
+                        continue
+                    if not (1 / grid.max_aspect <= w / h <= grid.max_aspect):
+                        continue
+                    out.append((x1, y1, x2, y2))
+    if not out:  # extreme panoramas: fall back to the whole photo
+        out.append((0, 0, width, height))
+    return np.unique(np.array(out, dtype=np.int64), axis=0)
+
+
+def fixed_candidates(width: int, height: int, ratio: str, grid: GridConfig = GridConfig()) -> np.ndarray:
+    """Crops of exactly ``ratio`` -> [N, 4] int x1,y1,x2,y2 inside the photo, largest first."""
+    a, b = parse_ratio(ratio)
+    k_max = min(width // a, height // b)
+    if k_max < 1:
+        raise ValueError(f"a {width}x{height} photo is too small for an exact {ratio} crop")
+    k_min = max(1, int(np.ceil(k_max * np.sqrt(grid.min_area))))
+    ks = sorted({int(round(k)) for k in np.linspace(k_max, k_min, grid.scales)}, reverse=True)
+    out = []
+    for k in ks:
+        w, h = a * k, b * k
+        for x1 in np.unique(np.round(np.linspace(0, width - w, grid.positions)).astype(int)):
+            for y1 in np.unique(np.round(np.linspace(0, height - h, grid.positions)).astype(int)):
+                out.append((x1, y1, x1 + w, y1 + h))
+    boxes = np.array(out, dtype=np.int64)
+    _, first = np.unique(boxes, axis=0, return_index=True)
+    return boxes[np.sort(first)]
+
+
+def candidates(width: int, height: int, ratio: str | None = None, grid: GridConfig = GridConfig()) -> np.ndarray:
+    """Free-ratio candidates when ``ratio`` is None, else exact ``ratio`` candidates."""
+    if width < 1 or height < 1:
+        raise ValueError(f"image size must be positive, got {width}x{height}")
+    return free_candidates(width, height, grid) if ratio is None else fixed_candidates(width, height, ratio, grid)
+
+
+def ratio_value(ratio: str) -> Fraction:
+    a, b = parse_ratio(ratio)
+    return Fraction(a, b)

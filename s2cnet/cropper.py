@@ -1,0 +1,153 @@
+"""The public API: score candidate crops and choose the best crop per aspect ratio.
+
+    from s2cnet import Cropper
+    cropper = Cropper.from_pretrained()
+    scores = cropper.score(image, boxes, objects=None)
+    crops = cropper.crop(image, ratios=["1:1", "16:9"])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from s2cnet.candidates import GridConfig, candidates
+from s2cnet.model import S2CNet, S2CNetConfig
+from s2cnet.transforms import resize_shape, to_tensor
+
+WEIGHTS_DIR = Path(__file__).parent / "weights"
+DEFAULT_WEIGHTS = WEIGHTS_DIR / "s2cnet.pt"
+
+
+@dataclass
+class Crop:
+    ratio: str | None  # "W:H", or None for the free-ratio crop
+    box: tuple[int, int, int, int]  # x1, y1, x2, y2 in pixels of the upright image
+    score: float
+    cut_objects: list[tuple[int, int, int, int]] = field(default_factory=list)  # object boxes the crop cuts through
+
+
+def load_checkpoint(path: str | Path) -> tuple[S2CNet, dict]:
+    """A checkpoint is {'model': state_dict, 'config': S2CNetConfig dict, ...}; fp16 tensors are widened."""
+    ck = torch.load(path, map_location="cpu", weights_only=True)
+    model = S2CNet(S2CNetConfig.from_dict(ck["config"]))
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["model"].items()})
+    model.eval()
+    return model, ck
+
+
+class Cropper:
+    def __init__(self, model: S2CNet, proposer=None, short_side: int = 256, grid: GridConfig = GridConfig(),
+                 model_version: str = "untrained") -> None:
+        self.model = model.eval()
+        self.proposer = proposer
+        self.short_side = short_side
+        self.grid = grid
+        self.model_version = model_version
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path | None = None, proposer="default", **kwargs) -> "Cropper":
+        """Loads the committed weights (or ``path``); ``proposer=None`` disables object proposals."""
+        path = Path(path) if path is not None else DEFAULT_WEIGHTS
+        if not path.exists():
+            raise FileNotFoundError(f"no S2CNet weights at {path}")
+        model, _ = load_checkpoint(path)
+        version = f"s2cnet-{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
+        if proposer == "default":
+            from s2cnet.proposals import default_proposer
+
+            proposer = default_proposer()
+        return cls(model, proposer=proposer, model_version=version, **kwargs)
+
+    # -- internals -------------------------------------------------------------------------------
+    def _prepare(self, image: Image.Image) -> tuple[torch.Tensor, np.ndarray]:
+        """Resized, normalised tensor and the per-axis scale from original to model pixels."""
+        w0, h0 = image.size
+        w, h = resize_shape(w0, h0, self.short_side)
+        x = to_tensor(image.resize((w, h), Image.BILINEAR))[None]
+        return x, np.array([w / w0, h / h0, w / w0, h / h0], np.float32)
+
+    def _objects(self, image: Image.Image, objects) -> np.ndarray:
+        if objects is not None:
+            arr = np.asarray(objects, np.float32).reshape(-1, 4)
+            return arr
+        if self.proposer is None:
+            return np.zeros((0, 4), np.float32)
+        return np.asarray(self.proposer(image), np.float32).reshape(-1, 4)
+
+    @torch.no_grad()
+    def _score(self, feat: torch.Tensor, scale: np.ndarray, boxes: np.ndarray, objects: np.ndarray) -> np.ndarray:
+        h, w = feat.shape[-2] * 16, feat.shape[-1] * 16
+        crops_t = torch.from_numpy(np.asarray(boxes, np.float32) * scale)
+        objs_t = torch.from_numpy(objects * scale)
+        return self.model.score_crops(feat, crops_t, objs_t, float(w), float(h)).numpy()
+
+    # -- public API -------------------------------------------------------------------------------
+    def score(self, image: Image.Image, boxes, objects=None) -> np.ndarray:
+        """Scores [N] (higher is better) for boxes [N, 4] x1,y1,x2,y2 in ``image``'s pixels.
+
+        objects: [M, 4] boxes, an empty [0, 4] array for no object nodes, or None to propose them.
+        """
+        from s2cnet.imageio import load_image
+
+        image = load_image(image)
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        if len(boxes) == 0:
+            return np.zeros(0, np.float32)
+        x, scale = self._prepare(image)
+        with torch.no_grad():
+            feat = self.model.features(x)
+        return self._score(feat, scale, boxes, self._objects(image, objects))
+
+    def crop(self, image, ratios: Sequence[str] | None = None, objects=None) -> list[Crop]:
+        """Best crop per ratio (one result per ratio, in order); ratios=None: the best free-ratio crop."""
+        return self.crop_batch([image], ratios, objects=None if objects is None else [objects])[0]
+
+    def crop_batch(self, images: Sequence, ratios: Sequence[str] | None = None, objects=None) -> list[list[Crop]]:
+        """One backbone pass per image serves every ratio; each image's result list follows ``ratios``."""
+        from s2cnet.imageio import load_image
+
+        results = []
+        for i, src in enumerate(images):
+            image = load_image(src)
+            x, scale = self._prepare(image)
+            with torch.no_grad():
+                feat = self.model.features(x)
+            objs = self._objects(image, None if objects is None else objects[i])
+            results.append(self._choose(image, feat, scale, objs, ratios))
+        return results
+
+    def _choose(self, image: Image.Image, feat: torch.Tensor, scale: np.ndarray, objs: np.ndarray,
+                ratios: Sequence[str] | None) -> list[Crop]:
+        w, h = image.size
+        keys = [None] if ratios is None else list(ratios)
+        per_ratio = [candidates(w, h, r, self.grid) for r in keys]
+        all_boxes = np.concatenate(per_ratio)
+        scores = self._score(feat, scale, all_boxes, objs)
+        out, start = [], 0
+        for r, boxes in zip(keys, per_ratio):
+            s = scores[start : start + len(boxes)]
+            start += len(boxes)
+            j = int(np.argmax(s))
+            out.append(Crop(ratio=r, box=tuple(int(v) for v in boxes[j]), score=float(s[j])))
+        return out
+
+
+def export_weights(checkpoint: str | Path, out: str | Path, metrics: dict | None = None, command: str | None = None) -> None:
+    """Training checkpoint -> the small fp16 file ``Cropper.from_pretrained`` loads, plus a JSON card."""
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    config = ck.get("config") or {}
+    config = config.get("model", config) if "model" in config and isinstance(config["model"], dict) else config
+    state = {k: v.half() if v.is_floating_point() else v for k, v in ck["model"].items()}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": state, "config": config}, out)
+    card = {"config": config, "metrics": metrics or {}, "train_command": command}
+    out.with_suffix(".json").write_text(json.dumps(card, indent=2))
