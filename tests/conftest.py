@@ -34,3 +34,13 @@ def ray_session():
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def local_s3(tmp_path_factory):
+    """One SeaweedFS S3 store on 127.0.0.1 for the session (pipelines.object_store.start_local_s3)."""
+    from pipelines.object_store import start_local_s3
+
+    store = start_local_s3(tmp_path_factory.mktemp("seaweedfs"))
+    yield store
+    store.stop()
