@@ -35,7 +35,9 @@ class FusedMobileNetV2(nn.Module):
 
     def fused(self, x: torch.Tensor) -> torch.Tensor:
         """The 448-channel stride-16 map before reduction (also feeds the saliency head)."""
-        c8 = self.stage8(x)
+        # A frozen stride-8 stage needs no autograd graph: that saves most of a CPU training step.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in self.stage8.parameters())):
+            c8 = self.stage8(x)
         c16 = self.stage16(c8)
         c32 = self.stage32(c16)
         size = c16.shape[-2:]

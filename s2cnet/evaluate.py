@@ -1,0 +1,148 @@
+"""Evaluate on GAICD with GAIC's metrics, side by side with baselines.
+
+    python -m s2cnet.evaluate --data ../shared/data/gaicd --split test
+    python -m s2cnet.evaluate --split test --objects proposed     # our own object proposals
+
+Rows: the model; "crop area" (bigger is better); smartcrop.py scoring the same candidates; and the
+GAIC-style network without the graph (RoI+RoD only) when its weights are given with --gaic-weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from s2cnet.cropper import DEFAULT_WEIGHTS, WEIGHTS_DIR, load_checkpoint
+from s2cnet.data import GAICD
+from s2cnet.metrics import METRIC_COLUMNS, average_metrics, image_metrics
+from s2cnet.model import S2CNet
+from s2cnet.transforms import resize_shape, to_tensor
+
+# A scorer maps (original image, crops [N,4], paper objects [M,4]) to scores [N].
+Scorer = Callable[[Image.Image, np.ndarray, np.ndarray], np.ndarray]
+
+
+def area_scorer(image: Image.Image, crops: np.ndarray, objects: np.ndarray) -> np.ndarray:
+    return (crops[:, 2] - crops[:, 0]) * (crops[:, 3] - crops[:, 1])
+
+
+def smartcrop_scorer(analysis_side: int = 256) -> Scorer:
+    """smartcrop.py's own crop score (skin, edges, saturation, thirds) on the same candidates."""
+    from smartcrop import SmartCrop
+
+    sc = SmartCrop()
+
+    def score(image: Image.Image, crops: np.ndarray, objects: np.ndarray) -> np.ndarray:
+        w0, h0 = image.size
+        s = analysis_side / min(w0, h0)
+        small = image.resize((max(1, round(w0 * s)), max(1, round(h0 * s))), Image.LANCZOS)
+        feats_img = sc.prepare_features_image(small)
+        d = sc.score_down_sample
+        down = feats_img.resize((int(np.ceil(small.size[0] / d)), int(np.ceil(small.size[1] / d))), Image.LANCZOS)
+        feats = sc.precompute_features(down)
+        prescore = float(np.sum(feats)) * sc.outside_importance
+        out = []
+        for x1, y1, x2, y2 in crops * s / d:
+            cx, cy = int(x1), int(y1)
+            cw, ch = max(1, int(x2 - x1)), max(1, int(y2 - y1))
+            importance = sc.get_importance(height=ch, width=cw) - sc.outside_importance
+            importance = importance[: feats.shape[0] - cy, : feats.shape[1] - cx]
+            out.append(sc.score(feats, prescore, (cx, cy, cw, ch), importance))
+        return np.array(out)
+
+    return score
+
+
+def network_scorer(model: S2CNet, objects: str = "paper", proposer=None, short_side: int = 256) -> Scorer:
+    """objects: 'paper' (GAICD's precomputed boxes), 'none' (no object nodes) or 'proposed' (ours)."""
+
+    @torch.no_grad()
+    def score(image: Image.Image, crops: np.ndarray, paper_objects: np.ndarray) -> np.ndarray:
+        w0, h0 = image.size
+        w, h = resize_shape(w0, h0, short_side)
+        scale = np.array([w / w0, h / h0, w / w0, h / h0], np.float32)
+        if objects == "paper":
+            objs = paper_objects
+        elif objects == "proposed":
+            objs = np.asarray(proposer(image), np.float32).reshape(-1, 4)
+        else:
+            objs = np.zeros((0, 4), np.float32)
+        x = to_tensor(image.resize((w, h), Image.BILINEAR))[None]
+        pred = model(x, torch.from_numpy(crops * scale), torch.from_numpy(objs * scale))
+        return pred.numpy()
+
+    return score
+
+
+def evaluate(scorer: Scorer, dataset: GAICD, limit: int | None = None) -> tuple[dict[str, float], float]:
+    """Average metrics over the split and the seconds spent per image."""
+    per_image, t0 = [], time.time()
+    ids = dataset.ids[:limit] if limit else dataset.ids
+    for image_id in ids:
+        image, crops, mos, objects = dataset.load_raw(image_id)
+        per_image.append(image_metrics(scorer(image, crops, objects), mos))
+    return average_metrics(per_image), (time.time() - t0) / max(len(ids), 1)
+
+
+def format_table(rows: dict[str, dict[str, float]]) -> str:
+    head = "| method | " + " | ".join(METRIC_COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(METRIC_COLUMNS) + 1)]
+    for name, m in rows.items():
+        cells = [f"{m[c]:.3f}" if c in ("SRCC", "PCC") else f"{m[c]:.1f}" for c in METRIC_COLUMNS]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/gaicd"))
+    ap.add_argument("--split", default="test", choices=["train", "test"])
+    ap.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
+    ap.add_argument("--gaic-weights", type=Path, default=WEIGHTS_DIR / "gaic_baseline.pt",
+                    help="the graph-free network (RoI+RoD only); its row is skipped if the file is absent")
+    ap.add_argument("--objects", default="paper", choices=["paper", "none", "proposed", "all"],
+                    help="object nodes for the model; 'all' evaluates each of the three")
+    ap.add_argument("--no-baselines", action="store_true")
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", type=Path, default=None, help="also write the table as JSON here")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    dataset = GAICD(args.data, args.split)
+    rows: dict[str, dict[str, float]] = {}
+    model, _ = load_checkpoint(args.weights)
+    modes = ["paper", "none", "proposed"] if args.objects == "all" else [args.objects]
+    proposer = None
+    if "proposed" in modes:
+        from s2cnet.proposals import default_proposer
+
+        proposer = default_proposer()
+    for mode in modes:
+        name = f"S2CNet ({ {'paper': 'paper objects', 'none': 'no objects', 'proposed': 'our proposals'}[mode] })"
+        rows[name], sec = evaluate(network_scorer(model, mode, proposer), dataset, args.limit)
+        print(f"{name}: SRCC {rows[name]['SRCC']:.3f} Acc5 {rows[name]['Acc5']:.1f} Acc10 {rows[name]['Acc10']:.1f} ({sec*1000:.0f} ms/image)", flush=True)
+    if not args.no_baselines:
+        if args.gaic_weights.exists():
+            gaic, _ = load_checkpoint(args.gaic_weights)
+            rows["GAIC-style, no graph (RoI+RoD)"], _ = evaluate(network_scorer(gaic, "none"), dataset, args.limit)
+        else:
+            print(f"(no graph-free baseline: {args.gaic_weights} not found)")
+        rows["crop area"], _ = evaluate(area_scorer, dataset, args.limit)
+        rows["smartcrop.py"], _ = evaluate(smartcrop_scorer(), dataset, args.limit)
+    print(f"\nGAICD {args.split} ({args.limit or len(dataset)} images)\n")
+    print(format_table(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,152 @@
+"""Object proposals ("visual genes") for any photo, with no downloaded weights.
+
+GAICD ships boxes from a Visual Genome detector; uploads do not. We propose them from the DUTS-trained
+saliency map (connected regions at several thresholds, plus the whole salient extent) and from
+OpenCV's bundled frontal-face cascade, then keep the top N by saliency mass after NMS. Users who have
+detector weights can plug in torchvision's Faster R-CNN instead (``DetectorProposer``).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from scipy import ndimage
+from torchvision.ops import nms
+
+from s2cnet.saliency import SaliencyNet
+from s2cnet.transforms import resize_shape, to_tensor
+
+SALIENCY_WEIGHTS = Path(__file__).parent / "weights" / "saliency.pt"
+
+
+class Proposer(Protocol):
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """RGB image -> [M, 4] float x1,y1,x2,y2 boxes in that image's pixels, best first."""
+
+
+def load_saliency(path: str | Path = SALIENCY_WEIGHTS) -> SaliencyNet:
+    net = SaliencyNet()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("model", state)
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    return net.eval()
+
+
+class FaceDetector:
+    """OpenCV's Haar frontal-face cascade (shipped inside opencv-python-headless 4.x)."""
+
+    def __init__(self, max_side: int = 640) -> None:
+        import cv2
+
+        self.cv2 = cv2
+        self.cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"))
+        if self.cascade.empty():
+            raise RuntimeError("OpenCV's frontal-face cascade could not be loaded")
+        self.max_side = max_side
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        s = min(1.0, self.max_side / max(image.size))
+        small = image.convert("L").resize((max(1, round(image.width * s)), max(1, round(image.height * s))))
+        min_size = max(20, round(0.04 * min(small.size)))
+        faces = self.cascade.detectMultiScale(np.asarray(small), scaleFactor=1.15, minNeighbors=6, minSize=(min_size, min_size))
+        if len(faces) == 0:
+            return np.zeros((0, 4), np.float32)
+        f = np.asarray(faces, np.float32)
+        return np.stack([f[:, 0], f[:, 1], f[:, 0] + f[:, 2], f[:, 1] + f[:, 3]], 1) / s
+
+
+class SaliencyProposer:
+    """Top-N boxes from the saliency map's connected regions, faces first."""
+
+    def __init__(self, net: SaliencyNet, max_objects: int = 10, short_side: int = 224,
+                 thresholds: tuple[float, ...] = (0.3, 0.5, 0.7), faces: FaceDetector | None = None) -> None:
+        self.net, self.max_objects, self.short_side = net, max_objects, short_side
+        self.thresholds, self.faces = thresholds, faces
+
+    @torch.no_grad()
+    def saliency_map(self, image: Image.Image) -> np.ndarray:
+        """Saliency probabilities at stride 16 of the resized image -> [h, w] in 0..1."""
+        w, h = resize_shape(image.width, image.height, self.short_side)
+        logits = self.net(to_tensor(image.resize((w, h), Image.BILINEAR))[None])
+        return torch.sigmoid(logits)[0, 0].numpy()
+
+    def boxes_from_map(self, sal: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+        """Connected regions at each threshold -> (boxes in image pixels, saliency mass)."""
+        up = F.interpolate(torch.from_numpy(sal)[None, None], scale_factor=4, mode="bilinear", align_corners=False)[0, 0].numpy()
+        sy, sx = height / up.shape[0], width / up.shape[1]
+        boxes, mass = [], []
+        peak = float(up.max())
+        for t in self.thresholds:
+            labels, n = ndimage.label(up >= t * max(peak, 1e-6))
+            for i, sl in enumerate(ndimage.find_objects(labels)):
+                region = labels[sl] == i + 1
+                m = float(up[sl][region].sum())
+                if region.sum() < 4:
+                    continue
+                boxes.append([sl[1].start * sx, sl[0].start * sy, sl[1].stop * sx, sl[0].stop * sy])
+                mass.append(m)
+            if n > 1:  # the extent of everything salient at this level, as one more node
+                ys, xs = np.nonzero(labels)
+                boxes.append([xs.min() * sx, ys.min() * sy, (xs.max() + 1) * sx, (ys.max() + 1) * sy])
+                mass.append(float(up[labels > 0].sum()) * 0.9)
+        return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(mass, np.float32)
+
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        boxes, mass = self.boxes_from_map(self.saliency_map(image), image.width, image.height)
+        if self.faces is not None:
+            faces = self.faces(image)
+            # faces go first: a cut-off head is the worst thumbnail failure
+            boxes = np.concatenate([faces, boxes])
+            mass = np.concatenate([np.full(len(faces), mass.max(initial=1.0) * 2 + 1, np.float32), mass])
+        if len(boxes) == 0:
+            return boxes
+        keep = nms(torch.from_numpy(boxes), torch.from_numpy(mass), 0.7).numpy()[: self.max_objects]
+        out = boxes[keep]
+        out[:, [0, 2]] = out[:, [0, 2]].clip(0, image.width)
+        out[:, [1, 3]] = out[:, [1, 3]].clip(0, image.height)
+        return out
+
+
+class DetectorProposer:
+    """torchvision Faster R-CNN boxes, for users who have detector weights (local path or s3:// URI)."""
+
+    def __init__(self, weights: str | Path, arch: str = "fasterrcnn_mobilenet_v3_large_fpn", num_classes: int = 91,
+                 score_threshold: float = 0.3, max_objects: int = 10, endpoint_url: str | None = None) -> None:
+        import torchvision
+
+        builder = getattr(torchvision.models.detection, arch)
+        self.model = builder(weights=None, weights_backbone=None, num_classes=num_classes).eval()
+        state = torch.load(io.BytesIO(read_bytes(str(weights), endpoint_url)), map_location="cpu", weights_only=True)
+        self.model.load_state_dict(state)
+        self.score_threshold, self.max_objects = score_threshold, max_objects
+
+    @torch.no_grad()
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        x = torch.from_numpy(np.asarray(image.convert("RGB")).copy()).permute(2, 0, 1).float() / 255.0
+        out = self.model([x])[0]
+        keep = out["scores"] >= self.score_threshold
+        return out["boxes"][keep][: self.max_objects].numpy().astype(np.float32)
+
+
+def read_bytes(uri: str, endpoint_url: str | None = None) -> bytes:
+    """A local path or an s3://bucket/key URI (endpoint override for S3-compatible stores)."""
+    if uri.startswith("s3://"):
+        from pyarrow import fs
+
+        s3 = fs.S3FileSystem(endpoint_override=endpoint_url) if endpoint_url else fs.S3FileSystem()
+        with s3.open_input_stream(uri[len("s3://"):]) as f:
+            return f.read()
+    return Path(uri).read_bytes()
+
+
+def default_proposer(max_objects: int = 10, faces: bool = True) -> SaliencyProposer:
+    """The bundled saliency proposer (weights committed in the package) with face boxes."""
+    if not SALIENCY_WEIGHTS.exists():
+        raise FileNotFoundError(f"no saliency weights at {SALIENCY_WEIGHTS}")
+    return SaliencyProposer(load_saliency(), max_objects=max_objects, faces=FaceDetector() if faces else None)
