@@ -114,6 +114,8 @@ class S2CNet(nn.Module):
         if self.semantic is not None:
             sem_bias, sem_adj = self.semantic(x)
             bias, adjacency = bias + sem_bias, (adjacency + sem_adj) / 2
+        if keep is not None:  # DisDrop drops the edge itself, whichever graph proposed it
+            adjacency = adjacency * keep
         if self.gate is not None:
             x = self.gate(x, adjacency)
         for layer in self.layers:
