@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -45,12 +44,16 @@ def load_checkpoint(path: str | Path) -> tuple[S2CNet, dict]:
 
 class Cropper:
     def __init__(self, model: S2CNet, proposer=None, short_side: int = 256, grid: GridConfig = GridConfig(),
-                 model_version: str = "untrained") -> None:
+                 model_version: str = "untrained", integrity_margin: float = 0.1, protected_objects: int = 3) -> None:
         self.model = model.eval()
         self.proposer = proposer
         self.short_side = short_side
         self.grid = grid
         self.model_version = model_version
+        # A crop within ``integrity_margin`` of the best score that cuts fewer of the first
+        # ``protected_objects`` object boxes (faces first, then the most salient) is preferred.
+        self.integrity_margin = integrity_margin
+        self.protected_objects = protected_objects
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, proposer="default", **kwargs) -> "Cropper":
@@ -132,22 +135,28 @@ class Cropper:
         all_boxes = np.concatenate(per_ratio)
         scores = self._score(feat, scale, all_boxes, objs)
         out, start = [], 0
+        protected = objs[: self.protected_objects]
         for r, boxes in zip(keys, per_ratio):
             s = scores[start : start + len(boxes)]
             start += len(boxes)
-            j = int(np.argmax(s))
-            out.append(Crop(ratio=r, box=tuple(int(v) for v in boxes[j]), score=float(s[j])))
+            cuts = cut_matrix(boxes, protected)  # [N, M] bool
+            near_best = s >= s.max() - self.integrity_margin
+            fewest = cuts[near_best].sum(1).min() if len(protected) else 0
+            eligible = near_best & (cuts.sum(1) == fewest)
+            j = int(np.argmax(np.where(eligible, s, -np.inf)))
+            cut = [tuple(int(round(v)) for v in protected[k]) for k in np.nonzero(cuts[j])[0]]
+            out.append(Crop(ratio=r, box=tuple(int(v) for v in boxes[j]), score=float(s[j]), cut_objects=cut))
         return out
 
 
-def export_weights(checkpoint: str | Path, out: str | Path, metrics: dict | None = None, command: str | None = None) -> None:
-    """Training checkpoint -> the small fp16 file ``Cropper.from_pretrained`` loads, plus a JSON card."""
-    ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    config = ck.get("config") or {}
-    config = config.get("model", config) if "model" in config and isinstance(config["model"], dict) else config
-    state = {k: v.half() if v.is_floating_point() else v for k, v in ck["model"].items()}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": state, "config": config}, out)
-    card = {"config": config, "metrics": metrics or {}, "train_command": command}
-    out.with_suffix(".json").write_text(json.dumps(card, indent=2))
+def cut_matrix(crops: np.ndarray, objects: np.ndarray, keep_whole: float = 0.9, drop: float = 0.1) -> np.ndarray:
+    """[N, M] True where crop n cuts through object m: keeps more than ``drop`` of it but less than ``keep_whole``."""
+    if len(objects) == 0:
+        return np.zeros((len(crops), 0), bool)
+    c, o = np.asarray(crops, np.float64)[:, None], np.asarray(objects, np.float64)[None]
+    iw = (np.minimum(c[..., 2], o[..., 2]) - np.maximum(c[..., 0], o[..., 0])).clip(min=0)
+    ih = (np.minimum(c[..., 3], o[..., 3]) - np.maximum(c[..., 1], o[..., 1])).clip(min=0)
+    area = ((o[..., 2] - o[..., 0]) * (o[..., 3] - o[..., 1])).clip(min=1e-6)
+    kept = iw * ih / area
+    return (kept > drop) & (kept < keep_whole)
+

@@ -1,0 +1,65 @@
+"""Speed of ``Cropper.crop_batch`` (4 ratios) against smartcrop.py on the same photos and ratios.
+
+    python benchmarks/bench_crop.py --data ../shared/data/gaicd --limit 200
+
+Both run in one process on this machine's cores; photos are decoded from their files each time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+RATIOS = ["1:1", "4:3", "16:9", "9:16"]
+
+
+def smartcrop_all_ratios(path: Path) -> list[tuple[int, int, int, int]]:
+    from PIL import Image
+    from smartcrop import SmartCrop
+
+    image = Image.open(path).convert("RGB")
+    out = []
+    for r in RATIOS:
+        a, b = (int(v) for v in r.split(":"))
+        top = SmartCrop().crop(image, a * 100, b * 100)["top_crop"]
+        out.append((top["x"], top["y"], top["x"] + top["width"], top["y"] + top["height"]))
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--data", type=Path, default=Path("../shared/data/gaicd"))
+    ap.add_argument("--limit", type=int, default=200)
+    ap.add_argument("--batch", type=int, default=8)
+    args = ap.parse_args()
+    from s2cnet import Cropper
+
+    ids = json.loads((args.data / "split.json").read_text())["test"][: args.limit]
+    paths = [args.data / "images" / f"{i}.jpg" for i in ids]
+    cropper = Cropper.from_pretrained()
+    cropper.crop_batch(paths[:2], RATIOS)  # warm-up
+
+    t0 = time.perf_counter()
+    for i in range(0, len(paths), args.batch):
+        cropper.crop_batch(paths[i : i + args.batch], RATIOS)
+    ours = len(paths) / (time.perf_counter() - t0)
+
+    t0 = time.perf_counter()
+    for p in paths:
+        smartcrop_all_ratios(p)
+    theirs = len(paths) / (time.perf_counter() - t0)
+
+    print(f"\n{len(paths)} GAICD test photos (1024 px long side), ratios {','.join(RATIOS)}, "
+          f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}\n")
+    print("| method | images/s |\n|---|---|")
+    print(f"| ugc-crop Cropper.crop_batch (proposals + S2CNet) | {ours:.1f} |")
+    print(f"| smartcrop.py 0.5 (crop() per ratio) | {theirs:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

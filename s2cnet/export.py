@@ -1,0 +1,56 @@
+"""Training checkpoints -> the small fp16 files shipped in ``s2cnet/weights/``.
+
+    python -m s2cnet.export --checkpoint runs/s2cnet/final.pt --out s2cnet/weights/s2cnet.pt
+    python -m s2cnet.export --saliency runs/saliency.pt --out s2cnet/weights/saliency.pt
+
+fp16 halves the files (the repo keeps weights under 25 MB); loaders widen them back to fp32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+
+def _half(state: dict) -> dict:
+    return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def export_model(checkpoint: str | Path, out: str | Path, card: dict | None = None) -> None:
+    """A train.py checkpoint (final.pt or last.pt) -> {'model', 'config'} plus a JSON card beside it."""
+    ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    config = ck["config"]
+    config = config["model"] if isinstance(config.get("model"), dict) else config
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"model": _half(ck["model"]), "config": config}, out)
+    info = {"config": config, "history": ck.get("history", []), **(card or {})}
+    out.with_suffix(".json").write_text(json.dumps(info, indent=2))
+
+
+def export_saliency(checkpoint: str | Path, out: str | Path) -> None:
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(_half(state.get("model", state)), out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", type=Path, help="an S2CNet training checkpoint")
+    src.add_argument("--saliency", type=Path, help="a DUTS saliency checkpoint")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    if args.checkpoint:
+        export_model(args.checkpoint, args.out)
+    else:
+        export_saliency(args.saliency, args.out)
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")
+
+
+if __name__ == "__main__":
+    main()
