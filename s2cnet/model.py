@@ -23,8 +23,8 @@ STRIDE = 16
 
 @dataclass
 class S2CNetConfig:
-    reduced_dim: int = 32  # channels after the backbone's 1x1 reduction
-    align_size: int = 9  # RoIAlign / RoDAlign output is align_size x align_size
+    reduced_dim: int = 16  # channels after the backbone's 1x1 reduction (GAIC uses 8-32)
+    align_size: int = 7  # RoIAlign / RoDAlign output is align_size x align_size
     node_dim: int = 256
     num_layers: int = 2  # spatial-semantic self-attention layers
     num_heads: int = 4

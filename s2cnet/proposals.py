@@ -41,7 +41,7 @@ def load_saliency(path: str | Path = SALIENCY_WEIGHTS) -> SaliencyNet:
 class FaceDetector:
     """OpenCV's Haar frontal-face cascade (shipped inside opencv-python-headless 4.x)."""
 
-    def __init__(self, max_side: int = 640) -> None:
+    def __init__(self, max_side: int = 400) -> None:
         import cv2
 
         self.cv2 = cv2
@@ -64,7 +64,7 @@ class FaceDetector:
 class SaliencyProposer:
     """Top-N boxes from the saliency map's connected regions, faces first."""
 
-    def __init__(self, net: SaliencyNet, max_objects: int = 10, short_side: int = 224,
+    def __init__(self, net: SaliencyNet, max_objects: int = 10, short_side: int = 160,
                  thresholds: tuple[float, ...] = (0.3, 0.5, 0.7), faces: FaceDetector | None = None) -> None:
         self.net, self.max_objects, self.short_side = net, max_objects, short_side
         self.thresholds, self.faces = thresholds, faces
