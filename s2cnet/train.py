@@ -42,6 +42,7 @@ class TrainConfig:
     limit: int | None = None  # train on the first N training images (smoke runs, tests)
     seed: int = 0
     threads: int | None = None
+    progress_every: int = 100  # steps between progress lines (0: epoch lines only)
     model: S2CNetConfig = field(default_factory=S2CNetConfig)
 
     @classmethod
@@ -148,6 +149,9 @@ def train(cfg: TrainConfig, report=None) -> dict[str, float]:
             opt.step()
             sched.step()
             logs.append({"loss": loss.item(), **parts})
+            if cfg.progress_every and len(logs) % cfg.progress_every == 0:
+                print(f"  epoch {epoch} step {len(logs)}/{len(order)} loss {np.mean([l['loss'] for l in logs[-cfg.progress_every:]]):.4f} "
+                      f"{(time.time() - t0) / len(logs):.3f}s/step", flush=True)
         val = evaluate_on(model, val_set)
         row = {"epoch": epoch, **{k: float(np.mean([l[k] for l in logs])) for k in logs[0]},
                "val_SRCC": val["SRCC"], "val_Acc5": val["Acc5"], "val_Acc10": val["Acc10"], "seconds": time.time() - t0}
