@@ -84,6 +84,16 @@ def test_objects_none_equals_no_objects_and_max_objects_truncates() -> None:
     assert not torch.allclose(two, one, atol=1e-4)  # ...while the second one does count
 
 
+def test_degenerate_object_boxes_stay_finite() -> None:
+    """GAICD's object files hold zero-width boxes (e.g. ``1 0 1 1``); they must not poison the scores."""
+    model = _model(CONFIGS["disemb"]).train()
+    objects = torch.tensor([[0.0, 1.0, 1.0, 1.0], [30.0, 20.0, 30.0, 50.0], [10.0, 10.0, 40.0, 30.0]])
+    scores = model(_image(), CROPS, objects)
+    assert torch.isfinite(scores).all()
+    scores.sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
 def _score_one(model: S2CNet, feat: torch.Tensor, crop: list[float], objects: list[list[float]]) -> float:
     objs = torch.tensor(objects, dtype=torch.float32).reshape(-1, 4)
     with torch.no_grad():
