@@ -1,0 +1,255 @@
+"""The `s2cnet crop` command line and its debug overlay, in-process and as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from s2cnet.cli import main
+from s2cnet.cropper import DEFAULT_WEIGHTS, Crop, Cropper
+from s2cnet.model import S2CNet, S2CNetConfig
+from s2cnet.overlay import (CROP_COLOURS, CUT_OBJECT_COLOUR, OBJECT_COLOUR, candidate_scores, render_overlay,
+                            score_heat)
+
+ROOT = Path(__file__).resolve().parents[1]
+OBJECTS = [(150, 60, 260, 170), (20, 150, 110, 230)]
+
+
+@pytest.fixture(scope="module")
+def model() -> S2CNet:
+    if DEFAULT_WEIGHTS.exists():
+        return Cropper.from_pretrained(proposer=None).model
+    torch.manual_seed(0)
+    return S2CNet().eval()
+
+
+@pytest.fixture(scope="module")
+def cropper(model) -> Cropper:
+    return Cropper(model, proposer=None)
+
+
+@pytest.fixture(scope="module")
+def object_cropper(model) -> Cropper:
+    """Fixed object boxes stand in for the saliency proposer, so the overlay has objects to draw."""
+    return Cropper(model, proposer=lambda image: np.array(OBJECTS, np.float32))
+
+
+def scene(width: int = 320, height: int = 240) -> Image.Image:
+    im = Image.new("RGB", (width, height), (90, 140, 200))
+    d = ImageDraw.Draw(im)
+    d.rectangle((0, int(height * 0.7), width, height), fill=(60, 150, 60))
+    d.ellipse((int(width * 0.5), int(height * 0.3), int(width * 0.8), int(height * 0.7)), fill=(250, 200, 40))
+    return im
+
+
+@pytest.fixture()
+def photos(tmp_path) -> dict[str, Path]:
+    paths = {"a": tmp_path / "a.jpg", "text": tmp_path / "text.jpg", "rotated": tmp_path / "rot.jpg"}
+    scene().save(paths["a"], quality=92)
+    paths["text"].write_text("definitely not a picture\n")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 320x240, upright 240x320
+    scene().save(paths["rotated"], quality=92, exif=exif)
+    return paths
+
+
+def json_lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+def test_crop_writes_named_files_and_prints_a_line_per_crop(cropper, photos, tmp_path, capsys):
+    out = tmp_path / "out"
+    code = main(["crop", str(photos["a"]), "--ratio", "16:9", "--ratio", "1:1", "--out", str(out)], cropper=cropper)
+    assert code == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and "16:9" in lines[0] and "1:1" in lines[1]
+    files = sorted(out.glob("a_*.jpg"))
+    assert len(files) == 2
+    for f in files:
+        w, h = Image.open(f).size
+        assert f.name == f"a_{w}x{h}.jpg" and str(f) in "\n".join(lines)
+        assert w * 9 == h * 16 or w == h  # exact ratios, to the pixel
+
+
+def test_json_records_and_bad_images_do_not_stop_the_batch(cropper, photos, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["crop", str(photos["a"]), str(photos["text"]), str(tmp_path / "missing.png"), str(photos["rotated"]),
+            "--ratio", "4:5", "--out", str(out), "--json"]
+    assert main(args, cropper=cropper) == 1
+    records = json_lines(capsys.readouterr().out)
+    assert [r["path"] for r in records] == args[1:5]
+    good, text, missing, rotated = records
+    assert "looks like text" in text["error"] and set(text) == {"path", "error"}
+    assert missing["error"] == "no such file"
+    assert (good["width"], good["height"]) == (320, 240)
+    assert (rotated["width"], rotated["height"]) == (240, 320)  # EXIF applied: boxes are upright pixels
+    for rec in (good, rotated):
+        (crop,) = rec["crops"]
+        x1, y1, x2, y2 = crop["box"]
+        assert crop["ratio"] == "4:5" and (x2 - x1) * 5 == (y2 - y1) * 4
+        assert 0 <= x1 < x2 <= rec["width"] and 0 <= y1 < y2 <= rec["height"]
+        assert isinstance(crop["score"], float) and crop["cut_objects"] == []
+        assert Image.open(crop["file"]).size == (x2 - x1, y2 - y1)
+
+
+def test_crop_file_holds_the_boxed_pixels(cropper, tmp_path, capsys):
+    src = tmp_path / "grad.png"
+    a = np.zeros((200, 300, 3), np.uint8)
+    a[..., 0] = np.arange(300)[None, :] * 255 // 299
+    a[..., 1] = np.arange(200)[:, None] * 255 // 199
+    Image.fromarray(a).save(src)
+    assert main(["crop", str(src), "--ratio", "1:1", "--out", str(tmp_path / "o"), "--json", "--quality", "100"],
+                cropper=cropper) == 0
+    (crop,) = json_lines(capsys.readouterr().out)[0]["crops"]
+    x1, y1, x2, y2 = crop["box"]
+    written = np.asarray(Image.open(crop["file"]), np.int16)
+    assert np.abs(written - a[y1:y2, x1:x2]).mean() < 3
+
+
+def test_no_ratio_gives_one_free_crop(cropper, photos, capsys):
+    assert main(["crop", str(photos["a"]), "--json"], cropper=cropper) == 0
+    (rec,) = json_lines(capsys.readouterr().out)
+    (crop,) = rec["crops"]
+    x1, y1, x2, y2 = crop["box"]
+    assert crop["ratio"] is None and "file" not in crop  # no --out: nothing written
+    assert 0.5 <= (x2 - x1) / (y2 - y1) <= 2.0
+
+
+def test_text_output_sends_errors_to_stderr(cropper, photos, capsys):
+    assert main(["crop", str(photos["text"]), str(photos["a"])], cropper=cropper) == 1
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"error: {photos['text']}: looks like text")
+    assert "free" in captured.out and "box=" in captured.out
+
+
+def test_too_small_for_a_ratio_is_a_per_image_error(cropper, tmp_path, capsys):
+    thin = tmp_path / "thin.png"
+    Image.new("RGB", (15, 20), (200, 10, 10)).save(thin)  # narrower than 16 px: no exact 16:9 crop
+    assert main(["crop", str(thin), "--ratio", "16:9", "--json"], cropper=cropper) == 1
+    assert "too small" in json_lines(capsys.readouterr().out)[0]["error"]
+
+
+def test_pixel_limit_option(cropper, photos, capsys):
+    before = Image.MAX_IMAGE_PIXELS
+    assert main(["crop", str(photos["a"]), "--json", "--max-pixels", "50000"], cropper=cropper) == 1
+    assert "over the limit" in json_lines(capsys.readouterr().out)[0]["error"]
+    assert main(["crop", str(photos["a"]), "--json", "--max-pixels", "0"], cropper=cropper) == 0
+    assert Image.MAX_IMAGE_PIXELS == before  # Pillow's global guard is restored
+
+
+def test_same_stem_twice_does_not_overwrite(cropper, tmp_path, capsys):
+    for d in ("x", "y"):
+        (tmp_path / d).mkdir()
+        scene().save(tmp_path / d / "p.jpg")
+    out = tmp_path / "out"
+    assert main(["crop", str(tmp_path / "x" / "p.jpg"), str(tmp_path / "y" / "p.jpg"), "--ratio", "1:1",
+                 "--out", str(out), "--json"], cropper=cropper) == 0
+    files = [r["crops"][0]["file"] for r in json_lines(capsys.readouterr().out)]
+    assert len(set(files)) == 2 and all(Path(f).exists() for f in files)
+    assert Path(files[1]).name.endswith("_2.jpg")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["crop", "a.jpg", "--ratio", "16/9"], "W:H"),
+    (["crop", "a.jpg", "--debug"], "--debug needs --out"),
+    (["crop"], "IMAGE"),
+])
+def test_usage_errors_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(argv, cropper=None)
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_missing_weights_exit_2(photos, tmp_path, capsys):
+    code = main(["crop", str(photos["a"]), "--weights", str(tmp_path / "none.pt"), "--no-objects"])
+    assert code == 2 and "no S2CNet weights" in capsys.readouterr().err
+
+
+# -- debug overlay ----------------------------------------------------------------------------------
+def test_debug_writes_overlay_png_of_the_right_size(object_cropper, tmp_path, capsys):
+    src = tmp_path / "big.jpg"
+    scene(1200, 800).save(src)
+    small = tmp_path / "small.png"
+    scene().save(small)
+    out = tmp_path / "out"
+    assert main(["crop", str(src), str(small), "--ratio", "1:1", "--out", str(out), "--debug", "--json"],
+                cropper=object_cropper) == 0
+    big_rec, small_rec = json_lines(capsys.readouterr().out)
+    assert Image.open(big_rec["debug"]).size == (1024, 683)  # long side capped at --debug-size 1024
+    assert Image.open(small_rec["debug"]).size == (320, 240)  # never enlarged
+    assert Path(big_rec["debug"]).name == "big_debug.png"
+    assert main(["crop", str(src), "--out", str(out / "full"), "--debug", "--debug-size", "0", "--json"],
+                cropper=object_cropper) == 0
+    assert Image.open(json_lines(capsys.readouterr().out)[0]["debug"]).size == (1200, 800)
+
+
+def test_overlay_draws_objects_crops_and_heat():
+    image = Image.new("RGB", (200, 100), (128, 128, 128))
+    boxes = np.array([[0, 0, 100, 100], [100, 0, 200, 100]])
+    crop = Crop(ratio="1:1", box=(100, 0, 200, 100), score=0.9, cut_objects=[(20, 20, 60, 60)])
+    out = np.asarray(render_overlay(image, boxes, np.array([0.1, 0.9]), np.array([[20, 20, 60, 60], [120, 50, 160, 90]]),
+                                    [crop], max_side=None))
+    assert out.shape == (100, 200, 3)
+    assert tuple(out[40, 20]) == CUT_OBJECT_COLOUR  # left edge of the object the crop cuts
+    assert tuple(out[70, 120]) == OBJECT_COLOUR  # left edge of an intact object
+    assert tuple(out[50, 199]) == CROP_COLOURS[0]  # right edge of the chosen crop
+    cold, warm = out[60, 80].astype(int), out[60, 150].astype(int)  # low-score half blue, high-score half red
+    assert cold[2] > cold[0] and warm[0] > warm[2]
+
+
+def test_score_heat_matches_brute_force():
+    rng = np.random.default_rng(0)
+    w, h = 23, 17
+    xy = rng.integers(0, [w, h, w, h], size=(40, 4))
+    boxes = np.stack([np.minimum(xy[:, 0], xy[:, 2]), np.minimum(xy[:, 1], xy[:, 3]),
+                      np.maximum(xy[:, 0], xy[:, 2]) + 1, np.maximum(xy[:, 1], xy[:, 3]) + 1], 1)
+    scores = rng.normal(size=40)
+    total, count = np.zeros((h, w)), np.zeros((h, w))
+    for (x1, y1, x2, y2), s in zip(boxes, scores):
+        total[y1:y2, x1:x2] += s
+        count[y1:y2, x1:x2] += 1
+    expected = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    np.testing.assert_allclose(score_heat((w, h), boxes, scores), expected, equal_nan=True, atol=1e-9)
+
+
+def test_overlay_scores_agree_with_the_chosen_crops(object_cropper, cropper):
+    image = scene()
+    objects = np.array(OBJECTS, np.float32)
+    for c, objs in ((cropper, np.zeros((0, 4), np.float32)), (object_cropper, objects)):
+        crops = c.crop(image, ["16:9", "1:1"], objects=objs)
+        boxes, scores = candidate_scores(c, image, ["16:9", "1:1"], objs)
+        for crop in crops:
+            k = int(np.flatnonzero((boxes == crop.box).all(1))[0])
+            assert abs(scores[k] - crop.score) < 1e-4  # the heat map shows the scores the choice used
+            same_ratio = np.array([(b[2] - b[0]) * int(crop.ratio.split(":")[1]) == (b[3] - b[1]) * int(crop.ratio.split(":")[0])
+                                   for b in boxes])
+            margin = getattr(c, "integrity_margin", 0.0) if len(objs) else 0.0
+            assert crop.score >= scores[same_ratio].max() - margin - 1e-4
+
+
+# -- a real process ---------------------------------------------------------------------------------
+def test_python_m_s2cnet_cli_subprocess(photos, tmp_path):
+    weights = tmp_path / "random.pt"
+    torch.manual_seed(0)
+    torch.save({"model": S2CNet().state_dict(), "config": S2CNetConfig().to_dict()}, weights)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "s2cnet.cli", "crop", str(photos["a"]), str(photos["text"]),
+                           "--ratio", "3:2", "--out", str(out), "--json", "--debug", "--weights", str(weights),
+                           "--no-objects"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    good, bad = json_lines(proc.stdout)
+    assert "looks like text" in bad["error"]
+    (crop,) = good["crops"]
+    x1, y1, x2, y2 = crop["box"]
+    assert Path(crop["file"]).name == f"a_{x2 - x1}x{y2 - y1}.jpg" and Path(crop["file"]).exists()
+    assert good["model_version"].startswith("s2cnet-")
+    assert Image.open(good["debug"]).size == (320, 240)
