@@ -1,0 +1,336 @@
+"""The batch job as Ray Data glue: list photos -> actor pool (fetch, decode, Cropper.crop_batch) -> Parquet.
+
+    summary = run(JobConfig(input="s3://photos/2024/", output="s3://photos/crops/", ratios=["1:1", "16:9"]))
+
+Nothing is lost: the driver lists every input key, plans the (key, ratio) pairs not yet in the
+output (``resume``), and after the write reads the output back to check that every planned key
+now has exactly one row per ratio (or one whole-photo error row) and that no pair is duplicated.
+Photo bytes are fetched inside the actors (never through the object store), so one unreadable
+object becomes an error row rather than a failed read task.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from pipelines.photos import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, SCHEMA, PhotoError, crop_row, crop_safely,
+                              decode, error_row, reason, rows_table, thumbnail_jpeg, thumbnail_path)
+from pipelines.storage import InputFile, Location, delete_tree, list_inputs, read_bytes, read_output, write_bytes
+from s2cnet.candidates import parse_ratio
+
+
+# -- configuration ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelSpec:
+    """How each actor builds its Cropper; the default is ``Cropper.from_pretrained()``."""
+
+    weights: str | None = None  # None: the weights shipped in the s2cnet package
+    proposals: bool = True  # object proposals (saliency); False scores with no object nodes
+    untrained_ok: bool = False  # dev/demo only: random (seeded) weights when no weights file exists
+
+    def build(self):
+        import torch
+
+        from s2cnet.cropper import DEFAULT_WEIGHTS, Cropper
+        from s2cnet.model import S2CNet
+
+        path = Path(self.weights) if self.weights else DEFAULT_WEIGHTS
+        if not path.exists():
+            if not self.untrained_ok:
+                raise FileNotFoundError(f"no S2CNet weights at {path} (pass --weights PATH)")
+            torch.manual_seed(0)  # every actor must score with the same random model
+            return Cropper(S2CNet(), proposer=None)
+        if self.proposals:
+            try:
+                return Cropper.from_pretrained(path, proposer="default")
+            except (ImportError, FileNotFoundError) as e:
+                if not self.untrained_ok:
+                    raise RuntimeError(f"object proposals unavailable ({e}); pass --no-proposals") from e
+        return Cropper.from_pretrained(path, proposer=None)
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything an actor needs, small and picklable (no filesystems, no credentials)."""
+
+    input_uri: str
+    endpoint_url: str | None
+    model: ModelSpec
+    max_bytes: int = DEFAULT_MAX_BYTES
+    thumbnails: str | None = None
+    thumb_width: int = 512
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    torch_threads: int = 1
+    io_threads: int = 8
+    use_gpu: bool = False
+    fail_once_marker: str | None = None  # tests: the first actor to reach its 2nd batch exits, once
+
+
+@dataclass
+class JobConfig:
+    input: str
+    output: str
+    ratios: list[str] = field(default_factory=lambda: ["1:1", "4:3", "16:9", "9:16"])
+    thumbnails: str | None = None
+    thumb_width: int = 512
+    endpoint_url: str | None = None
+    actors: int | None = None  # None: one per GPU, or one per `cpus_per_actor` CPUs
+    gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
+    cpus_per_actor: float = 1.0
+    batch_size: int = 8
+    limit: int | None = None
+    resume: bool = False
+    overwrite: bool = False
+    model: ModelSpec = field(default_factory=ModelSpec)
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_bytes: int = DEFAULT_MAX_BYTES
+    block_photos: int = 64  # photos per Ray Data block = per task = per Parquet file, at most
+    progress: bool = True
+    ray_address: str | None = None  # None: $RAY_ADDRESS, a running local cluster, or a new local one
+    fail_once_marker: str | None = None
+
+
+class OutputExistsError(RuntimeError):
+    pass
+
+
+def normalize_ratios(ratios: list[str] | str) -> list[str]:
+    """Validated 'W:H' strings, duplicates (also '8:6' after '4:3') dropped, order kept."""
+    items = ratios.split(",") if isinstance(ratios, str) else list(ratios)
+    seen, out = set(), []
+    for r in (s.strip() for s in items if s.strip()):
+        v = parse_ratio(r)
+        if v not in seen:
+            seen.add(v)
+            out.append(r)
+    if not out:
+        raise ValueError("at least one ratio is required")
+    return out
+
+
+# -- the actor -------------------------------------------------------------------------------------
+class CropWorker:
+    """One Cropper per actor; each call turns a batch of (key, path, size, ratios) into output rows."""
+
+    def __init__(self, spec: WorkerSpec) -> None:
+        import torch
+
+        torch.set_num_threads(max(1, spec.torch_threads))
+        self.spec = spec
+        self.cropper = spec.model.build()
+        if spec.use_gpu and torch.cuda.is_available() and hasattr(self.cropper, "to"):
+            self.cropper.to("cuda")
+        self.version = self.cropper.model_version
+        self.thumbs = Location(spec.thumbnails, spec.endpoint_url) if spec.thumbnails else None
+        self.thumb_fs = self.thumbs.filesystem() if self.thumbs else None
+        self.in_fs = Location(spec.input_uri, spec.endpoint_url).filesystem()
+        self.pool = ThreadPoolExecutor(max(1, spec.io_threads))
+        self.calls = 0
+
+    def _maybe_fail(self) -> None:
+        marker = self.spec.fail_once_marker
+        if marker and self.calls == 2:
+            try:
+                os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            except FileExistsError:
+                return
+            os._exit(1)  # a crash, as an OOM kill or a lost node would look: Ray restarts and retries
+
+    def _load(self, item: dict):
+        """(image, None) or (None, reason); runs on the I/O pool (pyarrow and PIL release the GIL)."""
+        try:
+            if item["size"] > self.spec.max_bytes:
+                raise PhotoError(f"too large: {item['size']} bytes exceeds the limit of {self.spec.max_bytes}")
+            try:
+                data = read_bytes(self.in_fs, item["path"])
+            except Exception as e:
+                raise PhotoError(f"read: {reason(e)}") from e
+            return decode(data, self.spec.max_pixels), None
+        except Exception as e:
+            return None, reason(e)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        self.calls += 1
+        self._maybe_fail()
+        items = batch.to_pylist()
+        loaded = list(self.pool.map(self._load, items))
+        rows: list[dict] = []
+        by_ratios: dict[tuple, list[int]] = collections.defaultdict(list)
+        for i, (item, (image, err)) in enumerate(zip(items, loaded)):
+            if err is not None:
+                rows.append(error_row(item["key"], err, self.version))
+            else:
+                by_ratios[tuple(item["ratios"])].append(i)
+        thumb_jobs = []
+        for ratios, idx in by_ratios.items():
+            images = [loaded[i][0] for i in idx]
+            for i, image, crops in zip(idx, images, crop_safely(self.cropper.crop_batch, images, ratios)):
+                key, size = items[i]["key"], image.size
+                for r, c in zip(ratios, crops):
+                    if isinstance(c, str):
+                        rows.append(error_row(key, c, self.version, size, ratio=r))
+                        continue
+                    rows.append(crop_row(key, size, r, c, self.version))
+                    if self.thumbs is not None:
+                        thumb_jobs.append((len(rows) - 1, image, c.box, thumbnail_path(self.thumbs.root, key, r)))
+        for row_i, err in zip([j[0] for j in thumb_jobs], self.pool.map(self._thumbnail, thumb_jobs)):
+            if err:
+                rows[row_i]["error"] = err
+        return rows_table(rows)
+
+    def _thumbnail(self, job) -> str | None:
+        _, image, box, path = job
+        try:
+            write_bytes(self.thumb_fs, path, thumbnail_jpeg(image, box, self.spec.thumb_width), "image/jpeg")
+            return None
+        except Exception as e:
+            return f"thumbnail: {reason(e)}"
+
+
+# -- planning and checking ---------------------------------------------------------------------------
+def existing_pairs(output: Location, drop_unreadable: bool = False) -> dict[str, set]:
+    """key -> ratios already in the output (None marks a whole-photo error row)."""
+    table = read_output(output, ["key", "ratio"], drop_unreadable=drop_unreadable)
+    done: dict[str, set] = collections.defaultdict(set)
+    for k, r in zip(table.column("key").to_pylist(), table.column("ratio").to_pylist()):
+        done[k].add(r)
+    return done
+
+
+def plan(files: list[InputFile], done: dict[str, set], ratios: list[str], limit: int | None) -> tuple[list, int]:
+    """(work items, photos skipped as complete): per key only the ratios it still lacks."""
+    work, skipped = [], 0
+    for f in files:
+        have = done.get(f.key, set())
+        todo = [] if None in have else [r for r in ratios if r not in have]
+        if not todo:
+            skipped += 1
+            continue
+        work.append((f, todo))
+        if limit is not None and len(work) >= limit:
+            break
+    return work, skipped
+
+
+@dataclass
+class Summary:
+    listed: int
+    skipped: int  # already complete in the output (resume)
+    planned: int
+    ok: int  # planned photos with no error row
+    failed: int  # planned photos with at least one error row
+    rows: int  # rows of planned photos now in the output
+    missing: list[str]  # planned keys that still lack a ratio: must be empty
+    duplicates: int  # (key, ratio) pairs present more than once: must be 0
+    seconds: float
+    errors: collections.Counter
+    output: str
+
+    @property
+    def photos_per_s(self) -> float:
+        return self.planned / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing and self.duplicates == 0
+
+    def line(self) -> str:
+        status = "complete" if self.complete else f"INCOMPLETE: {len(self.missing)} missing, {self.duplicates} duplicated"
+        return (f"crop_bucket: {self.planned} photos ({self.ok} ok, {self.failed} failed), {self.rows} rows -> "
+                f"{self.output} in {self.seconds:.1f} s = {self.photos_per_s:.2f} photos/s; "
+                f"{self.skipped} already done of {self.listed} listed; {status}")
+
+
+def check(output: Location, work: list, ratios: list[str]) -> tuple[int, int, int, list[str], int, collections.Counter]:
+    """Read the output back: (ok, failed, rows, missing keys, duplicate pairs, error reasons) for ``work``."""
+    planned = {f.key for f, _ in work}
+    table = read_output(output, ["key", "ratio", "error"])
+    pairs: collections.Counter = collections.Counter()
+    failed_keys, errors = set(), collections.Counter()
+    rows = 0
+    for k, r, e in zip(*(table.column(c).to_pylist() for c in ("key", "ratio", "error"))):
+        if k not in planned:
+            continue
+        rows += 1
+        pairs[(k, r)] += 1
+        if e is not None:
+            failed_keys.add(k)
+            errors[e.split(":", 1)[0]] += 1
+    missing = []
+    for k in sorted(planned):
+        if pairs.get((k, None)):
+            continue
+        if any(not pairs.get((k, r)) for r in ratios):
+            missing.append(k)
+    dups = sum(1 for n in pairs.values() if n > 1)
+    return len(planned) - len(failed_keys), len(failed_keys), rows, missing, dups, errors
+
+
+# -- the driver ----------------------------------------------------------------------------------------
+def _resources(cfg: JobConfig) -> tuple[int, float]:
+    import ray
+
+    res = ray.cluster_resources()
+    gpus = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1.0 if res.get("GPU", 0) > 0 else 0.0)
+    if cfg.actors:
+        return cfg.actors, gpus
+    if gpus > 0:
+        return max(1, int(res.get("GPU", 0) // gpus)), gpus
+    return max(1, int(res.get("CPU", 1) // cfg.cpus_per_actor)), gpus
+
+
+def work_blocks(work: list, rows_per_block: int) -> list[pa.Table]:
+    table = pa.table({"key": [f.key for f, _ in work], "path": [f.path for f, _ in work],
+                      "size": pa.array([f.size for f, _ in work], pa.int64()), "ratios": [t for _, t in work]})
+    return [table.slice(i, rows_per_block) for i in range(0, len(table), rows_per_block)]
+
+
+def run(cfg: JobConfig) -> Summary:
+    """Run the job on the current Ray cluster (``ray.init()`` is called if needed) and check its output."""
+    import ray
+    import ray.data
+
+    ratios = normalize_ratios(cfg.ratios)
+    src, out = Location(cfg.input, cfg.endpoint_url), Location(cfg.output, cfg.endpoint_url)
+    files = list_inputs(src)
+    if cfg.overwrite:
+        delete_tree(out)
+    done = existing_pairs(out, drop_unreadable=cfg.resume)
+    if done and not cfg.resume:
+        raise OutputExistsError(f"{cfg.output} already holds crops of {len(done)} photos: "
+                                "pass --resume to add only what is missing, or --overwrite to start again")
+    work, skipped = plan(files, done, ratios, cfg.limit)
+    start = time.perf_counter()
+    if work:
+        if not ray.is_initialized():
+            ray.init(address=cfg.ray_address)
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = cfg.progress
+        actors, gpus = _resources(cfg)
+        spec = WorkerSpec(input_uri=cfg.input, endpoint_url=cfg.endpoint_url, model=cfg.model,
+                          max_bytes=cfg.max_bytes, thumbnails=cfg.thumbnails,
+                          thumb_width=cfg.thumb_width, max_pixels=cfg.max_pixels,
+                          torch_threads=max(1, int(cfg.cpus_per_actor)), use_gpu=gpus > 0,
+                          fail_once_marker=cfg.fail_once_marker)
+        # Enough blocks that every actor gets several; at most block_photos photos per output file.
+        per_block = max(1, min(cfg.block_photos, math.ceil(len(work) / (actors * 4))))
+        ds = ray.data.from_arrow(work_blocks(work, per_block))
+        ds = ds.map_batches(CropWorker, fn_constructor_kwargs={"spec": spec}, batch_size=cfg.batch_size,
+                            batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
+                            num_cpus=cfg.cpus_per_actor, num_gpus=gpus or None)
+        # Writing is I/O: zero-CPU tasks run while the actors hold every core, so crops reach the
+        # output as they are made (and survive a crash) instead of piling up until the map ends.
+        ds.write_parquet(out.root, filesystem=out.filesystem(), schema=SCHEMA, ray_remote_args={"num_cpus": 0},
+                         concurrency=max(2, actors))
+    seconds = time.perf_counter() - start
+    ok, failed, rows, missing, dups, errors = check(out, work, ratios)
+    return Summary(listed=len(files), skipped=skipped, planned=len(work), ok=ok, failed=failed, rows=rows,
+                   missing=missing, duplicates=dups, seconds=seconds, errors=errors, output=cfg.output)

@@ -1,0 +1,139 @@
+"""Per-photo work of the batch job, free of Ray: bytes -> upright image -> best crop per ratio -> rows.
+
+Every failure becomes a row with a readable reason instead of an exception, so one corrupt upload
+never sinks its batch: a photo that cannot be read or decoded gives ONE row with ``ratio`` null;
+a photo that decodes gives one row per requested ratio, each with a box or its own error.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Callable, Sequence
+
+import pyarrow as pa
+from PIL import Image
+
+from s2cnet.imageio import ImageLoadError, load_image
+
+SCHEMA = pa.schema([
+    ("key", pa.string()),
+    ("width", pa.int32()),  # upright (EXIF-applied) size; null when the photo could not be read
+    ("height", pa.int32()),
+    ("ratio", pa.string()),  # null only on a whole-photo error row
+    ("x1", pa.int32()),
+    ("y1", pa.int32()),
+    ("x2", pa.int32()),
+    ("y2", pa.int32()),
+    ("score", pa.float32()),
+    ("model_version", pa.string()),
+    ("error", pa.string()),  # null when fine
+])
+
+DEFAULT_MAX_PIXELS = 100_000_000  # ~1.2 GB of RGB per photo at most inside an actor
+DEFAULT_MAX_BYTES = 200 * 1024 * 1024
+
+
+class PhotoError(Exception):
+    """A photo-level failure whose message is the row's ``error``."""
+
+
+def reason(err: BaseException) -> str:
+    """A one-line reason: the loader's own words for ImageLoadError, else 'Type: message'."""
+    msg = " ".join(str(err).split())
+    if isinstance(err, (ImageLoadError, PhotoError)):
+        return msg or type(err).__name__
+    return f"{type(err).__name__}: {msg}" if msg else type(err).__name__
+
+
+def ratio_token(ratio: str) -> str:
+    """'16:9' -> '16x9': the ratio as it appears in thumbnail names."""
+    return ratio.replace(":", "x")
+
+
+def thumbnail_path(root: str, key: str, ratio: str) -> str:
+    """{thumbnails root}/{key}/{W}x{H}.jpg -- a CDN finds a thumbnail from the photo key and ratio alone."""
+    return f"{root.rstrip('/')}/{key}/{ratio_token(ratio)}.jpg"
+
+
+def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Upright RGB image; the header is checked first so a decompression bomb is refused, not decoded."""
+    if not data:
+        raise PhotoError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as probe:
+                w, h = probe.size
+    except Image.DecompressionBombError as e:
+        raise PhotoError(f"too large: {reason(e)}") from e
+    except Exception:
+        w = h = 0  # not identifiable here: the loader gives the reason below
+    if w * h > max_pixels:
+        raise PhotoError(f"too large: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = load_image(data)
+        image.load()
+        return image
+    except PhotoError:
+        raise
+    except Exception as e:
+        raise PhotoError(f"decode: {reason(e)}") from e
+
+
+def crop_safely(crop_batch: Callable, images: Sequence[Image.Image], ratios: Sequence[str]) -> list[list]:
+    """``crop_batch`` over ``images``; per image and ratio a Crop, or the reason (str) it failed.
+
+    The whole batch runs in one call when it can; only when that fails is it retried photo by
+    photo, then ratio by ratio (e.g. a 1x300 strip has no exact 16:9 crop but does have a 1:1 one).
+    """
+    if not images:
+        return []
+    try:
+        return [list(r) for r in crop_batch(list(images), list(ratios))]
+    except Exception:
+        pass
+    out: list[list] = []
+    for image in images:
+        try:
+            out.append(list(crop_batch([image], list(ratios))[0]))
+            continue
+        except Exception:
+            pass
+        per_ratio: list = []
+        for r in ratios:
+            try:
+                per_ratio.append(crop_batch([image], [r])[0][0])
+            except Exception as e:
+                per_ratio.append(f"crop: {reason(e)}")
+        out.append(per_ratio)
+    return out
+
+
+def error_row(key: str, error: str, model_version: str, size: tuple[int, int] | None = None,
+              ratio: str | None = None) -> dict:
+    w, h = size or (None, None)
+    return {"key": key, "width": w, "height": h, "ratio": ratio, "x1": None, "y1": None, "x2": None,
+            "y2": None, "score": None, "model_version": model_version, "error": error}
+
+
+def crop_row(key: str, size: tuple[int, int], ratio: str, crop, model_version: str, error: str | None = None) -> dict:
+    x1, y1, x2, y2 = (int(v) for v in crop.box)
+    return {"key": key, "width": size[0], "height": size[1], "ratio": ratio, "x1": x1, "y1": y1, "x2": x2,
+            "y2": y2, "score": float(crop.score), "model_version": model_version, "error": error}
+
+
+def thumbnail_jpeg(image: Image.Image, box: tuple[int, int, int, int], width: int, quality: int = 85) -> bytes:
+    """The crop, ``width`` px wide (never upscaled), as a baseline JPEG."""
+    tile = image.crop(box)
+    if tile.width > width:
+        tile = tile.resize((width, max(1, round(tile.height * width / tile.width))), Image.LANCZOS)
+    buf = io.BytesIO()
+    tile.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def rows_table(rows: list[dict]) -> pa.Table:
+    return pa.Table.from_pylist(rows, schema=SCHEMA)

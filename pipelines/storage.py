@@ -1,0 +1,132 @@
+"""Where photos, crops and thumbnails live: s3:// URIs or local folders, both through pyarrow filesystems.
+
+pyarrow's S3FileSystem is what Ray Data itself reads and writes with, and ``endpoint_override``
+serves any S3-compatible store (SeaweedFS, MinIO, R2, ...). Credentials follow the usual AWS chain
+(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, instance roles), so none are passed around in task specs.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+
+@dataclass(frozen=True)
+class Location:
+    """A parsed --input / --output / --thumbnails value: a filesystem plus the root path inside it."""
+
+    uri: str
+    endpoint_url: str | None = None
+
+    @property
+    def is_s3(self) -> bool:
+        return self.uri.startswith("s3://")
+
+    @property
+    def root(self) -> str:
+        """'bucket/prefix' for S3 (pyarrow's spelling), an absolute path for a local folder."""
+        if self.is_s3:
+            return self.uri[len("s3://"):].strip("/")
+        return str(Path(self.uri).expanduser().resolve())
+
+    def filesystem(self) -> pafs.FileSystem:
+        if not self.is_s3:
+            return pafs.LocalFileSystem()
+        endpoint = self.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        if endpoint:
+            region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+            return pafs.S3FileSystem(endpoint_override=endpoint, region=region)
+        return pafs.FileSystem.from_uri(self.uri)[0]  # resolves the bucket's region on real AWS
+
+    def join(self, *parts: str) -> str:
+        return "/".join([self.root.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+@dataclass(frozen=True)
+class InputFile:
+    key: str  # S3: the object key inside the bucket; local: the path relative to the input folder
+    path: str  # path inside the filesystem, for reading
+    size: int
+
+
+def list_inputs(loc: Location, fs: pafs.FileSystem | None = None) -> list[InputFile]:
+    """Every file under the input root, sorted by key; directories (and S3 folder markers) are skipped."""
+    fs = fs or loc.filesystem()
+    root = loc.root
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"input {loc.uri} does not exist")
+    if info.type == pafs.FileType.File:
+        entries = [info]
+    else:
+        entries = [e for e in fs.get_file_info(pafs.FileSelector(root, recursive=True)) if e.type == pafs.FileType.File]
+    out = []
+    for e in entries:
+        if loc.is_s3:
+            key = e.path.split("/", 1)[1]
+        else:
+            key = Path(e.path).relative_to(root).as_posix() if e.path != root else Path(root).name
+        out.append(InputFile(key=key, path=e.path, size=int(e.size or 0)))
+    return sorted(out, key=lambda f: f.key)
+
+
+def parquet_files(loc: Location, fs: pafs.FileSystem) -> list[str]:
+    info = fs.get_file_info(loc.root)
+    if info.type != pafs.FileType.Directory:
+        return []
+    return sorted(e.path for e in fs.get_file_info(pafs.FileSelector(loc.root, recursive=True))
+                  if e.type == pafs.FileType.File and e.path.endswith(".parquet"))
+
+
+def read_output(loc: Location, columns: list[str], fs: pafs.FileSystem | None = None,
+                drop_unreadable: bool = False) -> pa.Table:
+    """The existing output's ``columns``; an empty table when there is none.
+
+    A Parquet file that cannot be read (a crash mid-upload on a local disk) is reported; with
+    ``drop_unreadable`` it is deleted so that its photos are processed again by --resume.
+    """
+    fs = fs or loc.filesystem()
+    files = parquet_files(loc, fs)
+    if not files:
+        return pa.table({c: pa.array([], pa.string()) for c in columns})
+    try:
+        return pads.dataset(files, filesystem=fs, format="parquet").to_table(columns=columns)
+    except (pa.ArrowInvalid, OSError):
+        pass
+    tables = []
+    for f in files:
+        try:
+            tables.append(pq.read_table(f, filesystem=fs, columns=columns))
+        except (pa.ArrowInvalid, OSError) as e:
+            warnings.warn(f"unreadable output file {f}: {e}" + ("; deleting it" if drop_unreadable else ""))
+            if drop_unreadable:
+                fs.delete_file(f)
+    return pa.concat_tables(tables, promote_options="default") if tables else pa.table(
+        {c: pa.array([], pa.string()) for c in columns})
+
+
+def delete_tree(loc: Location, fs: pafs.FileSystem | None = None) -> None:
+    fs = fs or loc.filesystem()
+    if fs.get_file_info(loc.root).type == pafs.FileType.Directory:
+        fs.delete_dir_contents(loc.root, missing_dir_ok=True)
+
+
+def write_bytes(fs: pafs.FileSystem, path: str, data: bytes, content_type: str | None = None) -> None:
+    """One object / file; S3 gets a Content-Type so a CDN serves it as an image."""
+    if isinstance(fs, pafs.LocalFileSystem):
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    meta = {"Content-Type": content_type} if content_type and isinstance(fs, pafs.S3FileSystem) else None
+    with fs.open_output_stream(path, metadata=meta) as f:
+        f.write(data)
+
+
+def read_bytes(fs: pafs.FileSystem, path: str) -> bytes:
+    with fs.open_input_stream(path) as f:
+        return f.read()
