@@ -1,0 +1,69 @@
+"""Ray Serve glue: one deployment wraps CropService, batches model calls, and serves the FastAPI routes.
+
+    serve run serve/config.yaml                      # or: serve deploy serve/config.yaml
+    serve run serve.app:build weights=random         # dev, no trained weights yet
+
+Everything that is not Ray lives in serve.service (the logic) and serve.routes (HTTP).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from PIL import Image
+from ray import serve
+
+from s2cnet.cropper import Crop
+from serve.routes import build_app
+from serve.service import CropService
+from serve.settings import Settings
+
+AUTOSCALING = {
+    "min_replicas": 1,
+    "max_replicas": 2,  # one per core on the 2-core reference box; raise with the cluster
+    "target_ongoing_requests": 8,  # about one full batch queued per replica
+    "upscale_delay_s": 10,
+    "downscale_delay_s": 120,
+}
+
+
+@serve.deployment(
+    autoscaling_config=AUTOSCALING,
+    max_ongoing_requests=32,
+    ray_actor_options={"num_cpus": 1},
+    health_check_period_s=10,
+)
+@serve.ingress()
+class CropDeployment:
+    def __init__(self, settings: dict[str, Any] | None = None) -> None:
+        self.service = CropService(Settings.load(settings))
+        self._crop_batch.set_max_batch_size(self.service.settings.max_batch_size)
+        self._crop_batch.set_batch_wait_timeout_s(self.service.settings.batch_wait_timeout_s)
+        self.service.cropper.crop(Image.new("RGB", (640, 480), "gray"), ["1:1"])  # warm-up; fails fast if broken
+
+    def __serve_build_asgi_app__(self):
+        return build_app(self.service, self._crop)
+
+    async def _crop(self, image: Image.Image, ratios: tuple[str, ...]) -> tuple[list[Crop], int]:
+        result, batch_size = await self._crop_batch((image, ratios))
+        if isinstance(result, Exception):
+            raise result
+        return result, batch_size
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    async def _crop_batch(self, items: list[tuple[Image.Image, tuple[str, ...]]]) -> list[tuple[Any, int]]:
+        # The model runs in a thread so this replica keeps reading and decoding the next requests.
+        results = await asyncio.to_thread(self.service.crop_many, items)
+        return [(r, len(items)) for r in results]
+
+
+def build(args: dict[str, Any]) -> serve.Application:
+    """Application builder for ``serve run``/``serve deploy``: ``args`` are Settings fields.
+
+    Deployment options (replicas, autoscaling, CPUs) belong in the config file's ``deployments``.
+    """
+    return CropDeployment.bind(dict(args))
+
+
+app = CropDeployment.bind()  # `serve run serve.app:app`: settings from UGC_SERVE_* env vars only

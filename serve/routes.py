@@ -1,0 +1,132 @@
+"""The FastAPI routes, built around a CropService and an async ``crop`` function.
+
+``crop`` is the Ray Serve ``@serve.batch`` method in production and a plain thread call in tests,
+so the same routes run with or without Ray. Blocking work (S3, decoding, encoding) goes to threads
+so the event loop keeps accepting requests while the model runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Awaitable, Callable, Sequence
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from PIL import Image
+
+from s2cnet.cropper import Crop
+from serve.errors import ServiceError
+from serve.service import CropService
+
+PAGE = Path(__file__).with_name("page.html")
+
+# (image, ratios) -> (crops, size of the model batch this request rode in)
+CropFn = Callable[[Image.Image, tuple[str, ...]], Awaitable[tuple[list[Crop], int]]]
+
+
+def direct_crop(service: CropService) -> CropFn:
+    """No batching: each request calls the model on its own (tests and single-process use)."""
+
+    async def crop(image: Image.Image, ratios: tuple[str, ...]) -> tuple[list[Crop], int]:
+        result = (await asyncio.to_thread(service.crop_many, [(image, ratios)]))[0]
+        if isinstance(result, Exception):
+            raise result
+        return result, 1
+
+    return crop
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The body, refused with 413 as soon as it passes ``limit`` (before it is all read, when possible)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise ServiceError(413, f"body is {declared} bytes, over the {limit} byte limit")
+    buf = bytearray()
+    async for chunk in request.stream():
+        buf += chunk
+        if len(buf) > limit:
+            raise ServiceError(413, f"body is over the {limit} byte limit")
+    return bytes(buf)
+
+
+async def upload_bytes(request: Request, body: bytes) -> bytes:
+    """Raw body, or the first file field of a multipart form (field name 'image' or 'file' preferred)."""
+    ctype = request.headers.get("content-type", "")
+    if not ctype.lower().startswith("multipart/form-data"):
+        return body
+    from starlette.formparsers import MultiPartException, MultiPartParser
+
+    async def once():
+        yield body
+
+    try:
+        form = await MultiPartParser(request.headers, once(), max_files=4, max_fields=16).parse()
+    except MultiPartException as e:
+        raise ServiceError(422, f"bad multipart body: {e.message}") from None
+    files = [(k, v) for k, v in form.multi_items() if hasattr(v, "read")]
+    if not files:
+        raise ServiceError(422, "multipart body has no file field; send the image as field 'image'")
+    files.sort(key=lambda kv: kv[0] not in ("image", "file"))
+    return await files[0][1].read()
+
+
+def build_app(service: CropService, crop: CropFn | None = None) -> FastAPI:
+    crop = crop or direct_crop(service)
+    s = service.settings
+    app = FastAPI(title="ugc-crop", description="S2CNet crops and thumbnails", version="1")
+
+    @app.exception_handler(ServiceError)
+    async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
+        return JSONResponse({"detail": exc.reason}, status_code=exc.status)
+
+    async def best_crops(image: Image.Image, ratios: Sequence[str]) -> tuple[list[Crop], int]:
+        service.check_fits(image, ratios)
+        return await crop(image, tuple(ratios))
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok", "model_version": service.model_version}
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(PAGE.read_text())
+
+    @app.post("/v1/crops")
+    async def crops(request: Request, ratios: str | None = None) -> JSONResponse:
+        t0 = time.perf_counter()
+        wanted = service.parse_ratios(ratios)  # cheap checks before reading the body
+        body = await upload_bytes(request, await read_body(request, s.max_body_bytes))
+        t1 = time.perf_counter()
+        image = await asyncio.to_thread(service.decode, body)
+        t2 = time.perf_counter()
+        found, batch = await best_crops(image, wanted)
+        t3 = time.perf_counter()
+        timing = {"read": (t1 - t0) * 1e3, "decode": (t2 - t1) * 1e3, "crop": (t3 - t2) * 1e3, "total": (t3 - t0) * 1e3}
+        return JSONResponse(service.crops_body(image, found, service.model_version, timing),
+                            headers={"X-Batch-Size": str(batch)})
+
+    @app.get("/v1/thumbnail")
+    async def thumbnail(request: Request, key: str, ratio: str, width: int, format: str = "jpeg") -> Response:
+        ratio = service.parse_ratio(ratio)
+        _, media_type = service.thumbnail_format(format)
+        service.thumbnail_size(ratio, width)
+        service.check_key(key)
+        source_etag = await asyncio.to_thread(service.reader.head, key)
+        etag = service.thumbnail_etag(key, source_etag, ratio, width, format)
+        headers = {"ETag": etag, "Cache-Control": f"public, max-age={s.cache_max_age}"}
+        if etag in {t.strip() for t in request.headers.get("if-none-match", "").split(",")}:
+            return Response(status_code=304, headers=headers)
+        obj = await asyncio.to_thread(service.reader.get, key)
+        if obj.etag != source_etag:  # replaced between HEAD and GET: describe what we serve
+            headers["ETag"] = service.thumbnail_etag(key, obj.etag, ratio, width, format)
+        image = await asyncio.to_thread(service.decode, obj.data)
+        box = service.cached_box(key, obj.etag, ratio)
+        if box is None:
+            box = (await best_crops(image, [ratio]))[0][0].box
+            service.remember_box(key, obj.etag, ratio, box)
+        data = await asyncio.to_thread(service.render_thumbnail, image, box, ratio, width, format)
+        return Response(data, media_type=media_type, headers=headers)
+
+    return app

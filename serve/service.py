@@ -1,0 +1,207 @@
+"""The crop/thumbnail service as a plain class: everything but HTTP and Ray, testable in-process.
+
+Every client mistake becomes a ServiceError with a status and a readable reason here, so the
+HTTP layer only translates; nothing a caller sends should reach a 500.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from collections import OrderedDict
+from typing import Sequence
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from s2cnet.candidates import parse_ratio
+from s2cnet.cropper import Crop, Cropper
+from serve.errors import ServiceError
+from serve.objects import ObjectReader, check_key
+from serve.settings import Settings
+
+# Formats a browser or phone produces; anything else Pillow happens to read is refused (415).
+ALLOWED_FORMATS = {"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF"}
+THUMBNAIL_FORMATS = {"jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
+
+
+def load_cropper(settings: Settings) -> Cropper:
+    """The committed weights by default; ``weights="random"`` is a seeded untrained model for dev/tests.
+
+    With ``weights="random"`` the crops are meaningless but the compute (and so latency) is the real one.
+    """
+    import torch
+
+    torch.set_num_threads(max(1, settings.torch_threads))
+    if settings.weights == "random":
+        from s2cnet.model import S2CNet
+
+        torch.manual_seed(0)  # every replica gets the same untrained model, so answers agree
+        model = S2CNet()
+        proposer = None
+        if settings.proposals:  # same compute as the real proposer (saliency net + faces), untrained
+            from s2cnet.proposals import FaceDetector, SaliencyProposer
+            from s2cnet.saliency import SaliencyNet
+
+            proposer = SaliencyProposer(SaliencyNet().eval(), faces=FaceDetector())
+        return Cropper(model, proposer=proposer, model_version="untrained-seed0")
+    return Cropper.from_pretrained(settings.weights or None, proposer="default" if settings.proposals else None)
+
+
+class CropService:
+    def __init__(self, settings: Settings, cropper: Cropper | None = None, reader: ObjectReader | None = None) -> None:
+        self.settings = settings
+        self.cropper = cropper if cropper is not None else load_cropper(settings)
+        self.reader = reader if reader is not None else ObjectReader(
+            settings.bucket, settings.prefix, settings.endpoint_url, settings.region,
+            settings.access_key, settings.secret_key, settings.max_body_bytes)
+        self._boxes: OrderedDict[tuple, tuple[int, int, int, int]] = OrderedDict()
+
+    @property
+    def model_version(self) -> str:
+        return self.cropper.model_version
+
+    # -- request parsing ---------------------------------------------------------------------------
+    def parse_ratios(self, text: str | None) -> list[str]:
+        """'1:1,16:9' -> ['1:1', '16:9'] (order kept, duplicates dropped); 422 on bad syntax."""
+        text = self.settings.default_ratios if text is None else text
+        items = [t.strip() for t in text.split(",")]
+        if not any(items):
+            raise ServiceError(422, "ratios is empty; give e.g. ratios=1:1,16:9")
+        out: list[str] = []
+        for item in items:
+            r = self.parse_ratio(item)
+            if r not in out:
+                out.append(r)
+        if len(out) > self.settings.max_ratios:
+            raise ServiceError(422, f"at most {self.settings.max_ratios} ratios per request, got {len(out)}")
+        return out
+
+    @staticmethod
+    def parse_ratio(text: str) -> str:
+        try:
+            a, b = parse_ratio(text)
+        except ValueError as e:
+            raise ServiceError(422, str(e)) from None
+        return f"{a}:{b}"
+
+    def check_key(self, key: str) -> str:
+        if not self.settings.bucket:
+            raise ServiceError(503, "no bucket configured for thumbnails (set UGC_SERVE_BUCKET)")
+        return check_key(key, self.settings.prefix)
+
+    def check_body_size(self, n: int) -> None:
+        if n > self.settings.max_body_bytes:
+            raise ServiceError(413, f"body is over the {self.settings.max_body_bytes} byte limit")
+
+    def decode(self, data: bytes) -> Image.Image:
+        """Bytes -> upright RGB image; 413 too many pixels, 415 not an image, 422 corrupt or truncated."""
+        self.check_body_size(len(data))
+        if not data:
+            raise ServiceError(422, "empty body: send the image bytes (raw body or multipart form field)")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError:
+            raise ServiceError(415, "body is not an image (expected JPEG, PNG, WebP, GIF, BMP or TIFF bytes)") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise ServiceError(413, f"image has more than {self.settings.max_pixels} pixels") from None
+        except Exception as e:  # Pillow raises many types on malformed headers
+            raise ServiceError(422, f"corrupt image header: {e}") from None
+        if img.format not in ALLOWED_FORMATS:
+            raise ServiceError(415, f"unsupported image format {img.format}")
+        w, h = img.size
+        if w < 1 or h < 1 or w * h > self.settings.max_pixels:
+            raise ServiceError(413, f"image is {w}x{h}; the limit is {self.settings.max_pixels} pixels")
+        try:
+            img.load()
+            return ImageOps.exif_transpose(img).convert("RGB")
+        except Exception as e:  # truncated data, bad Huffman tables, ...
+            raise ServiceError(422, f"corrupt or truncated {img.format} image: {e}") from None
+
+    @staticmethod
+    def check_fits(image: Image.Image, ratios: Sequence[str]) -> None:
+        """422 when the photo is too small to hold an exact crop of some ratio (e.g. 16:9 in 10x10)."""
+        w, h = image.size
+        for r in ratios:
+            a, b = parse_ratio(r)
+            if w < a or h < b:
+                raise ServiceError(422, f"a {w}x{h} image is too small for an exact {r} crop")
+
+    # -- model ---------------------------------------------------------------------------------------
+    def crop_many(self, items: Sequence[tuple[Image.Image, tuple[str, ...]]]) -> list[list[Crop] | Exception]:
+        """One result per (image, ratios) item, in order; an item's failure never fails the others.
+
+        Items sharing a ratio list go through one ``Cropper.crop_batch`` call (the serve batch path).
+        """
+        results: list[list[Crop] | Exception | None] = [None] * len(items)
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for i, (_, ratios) in enumerate(items):
+            groups.setdefault(tuple(ratios), []).append(i)
+        for ratios, idx in groups.items():
+            try:
+                out = self.cropper.crop_batch([items[i][0] for i in idx], list(ratios))
+                for i, crops in zip(idx, out):
+                    results[i] = crops
+            except Exception:  # isolate the bad item: redo this group one by one
+                for i in idx:
+                    results[i] = self._crop_one(items[i][0], ratios)
+        return results  # type: ignore[return-value]
+
+    def _crop_one(self, image: Image.Image, ratios: tuple[str, ...]) -> list[Crop] | Exception:
+        try:
+            return self.cropper.crop(image, list(ratios))
+        except ValueError as e:  # ImageLoadError and candidate errors are the input's fault
+            return ServiceError(422, str(e))
+        except Exception as e:
+            return e
+
+    @staticmethod
+    def crops_body(image: Image.Image, crops: Sequence[Crop], model_version: str, timing_ms: dict) -> dict:
+        w, h = image.size
+        return {"width": w, "height": h,
+                "crops": [{"ratio": c.ratio, "box": [int(v) for v in c.box], "score": round(float(c.score), 6)}
+                          for c in crops],
+                "model_version": model_version,
+                "timing_ms": {k: round(v, 2) for k, v in timing_ms.items()}}
+
+    # -- thumbnails ------------------------------------------------------------------------------------
+    def thumbnail_size(self, ratio: str, width: int) -> tuple[int, int]:
+        a, b = parse_ratio(ratio)
+        height = max(1, round(width * b / a))
+        limit = self.settings.max_thumbnail_width
+        if not 1 <= width <= limit or height > limit:
+            raise ServiceError(422, f"thumbnail must be 1..{limit} pixels on each side, asked {width}x{height}")
+        return width, height
+
+    @staticmethod
+    def thumbnail_format(fmt: str) -> tuple[str, str]:
+        try:
+            return THUMBNAIL_FORMATS[fmt.lower()]
+        except KeyError:
+            raise ServiceError(422, f"format must be one of {sorted(THUMBNAIL_FORMATS)}, got {fmt!r}") from None
+
+    def thumbnail_etag(self, key: str, source_etag: str, ratio: str, width: int, fmt: str) -> str:
+        """Changes with the source object, the request and the model, and nothing else."""
+        raw = "|".join([self.settings.bucket, key, source_etag, ratio, str(width), fmt.lower(), self.model_version])
+        return '"' + hashlib.sha256(raw.encode()).hexdigest()[:32] + '"'
+
+    def cached_box(self, key: str, source_etag: str, ratio: str) -> tuple[int, int, int, int] | None:
+        box = self._boxes.get((key, source_etag, ratio))
+        if box is not None:
+            self._boxes.move_to_end((key, source_etag, ratio))
+        return box
+
+    def remember_box(self, key: str, source_etag: str, ratio: str, box: tuple[int, int, int, int]) -> None:
+        self._boxes[(key, source_etag, ratio)] = tuple(box)
+        while len(self._boxes) > self.settings.box_cache_size:
+            self._boxes.popitem(last=False)
+
+    def render_thumbnail(self, image: Image.Image, box: Sequence[int], ratio: str, width: int, fmt: str) -> bytes:
+        size = self.thumbnail_size(ratio, width)
+        pil_format, _ = self.thumbnail_format(fmt)
+        thumb = image.crop(tuple(box)).resize(size, Image.LANCZOS, reducing_gap=3.0)
+        buf = io.BytesIO()
+        thumb.save(buf, pil_format, quality=85 if pil_format == "JPEG" else 80)
+        return buf.getvalue()
