@@ -1,0 +1,119 @@
+"""tune/sweep.py: search space sanity, and a smoke sweep that is interrupted, resumed and exported."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import GAICD_DIR, needs_gaicd
+from s2cnet.model import S2CNet
+from s2cnet.train import TrainConfig, parse_args as train_parse_args
+from tune import sweep
+
+
+def sample_configs(n: int, seed: int = 0) -> list[dict]:
+    """Concrete draws from the search space (grid axis included), as Tune would produce them."""
+    from ray.tune.search.variant_generator import generate_variants
+
+    space = {**sweep.search_space(paired=True), "base": {"epochs": 1}}
+    out = []
+    for i in range(n):
+        out += [cfg for _, cfg in generate_variants(space, random_state=seed + i)]
+    return out
+
+
+def test_every_sampled_config_builds_a_model(tmp_path):
+    configs = sample_configs(4)
+    assert {c["edge_strategy"] for c in configs} == {"disdrop", "disemb", "none"}
+    for c in configs:
+        c["base"] = {"data": str(GAICD_DIR), "threads": 1}
+        cfg = sweep.trial_config(c, tmp_path / "t")
+        assert cfg.out == str(tmp_path / "t")
+        assert (cfg.lr, cfg.rank_weight) == (c["lr"], c["rank_weight"])
+        assert cfg.model.edge_strategy == c["edge_strategy"] and cfg.model.max_objects == c["max_objects"]
+        model = S2CNet(cfg.model)  # raises if heads do not divide the node width, or the strategy is unknown
+        crops = torch.tensor([[0.0, 0.0, 64.0, 64.0], [16.0, 16.0, 96.0, 96.0]])
+        objects = torch.tensor([[8.0, 8.0, 40.0, 40.0]] * 12)
+        with torch.no_grad():
+            assert model.eval()(torch.zeros(1, 3, 128, 128), crops, objects).shape == (2,)
+
+
+def test_export_config_is_accepted_by_train_cli(tmp_path):
+    c = sample_configs(1, seed=3)[0]
+    c["base"] = {"data": "/some/gaicd", "init": "/some/saliency.pt", "epochs": 2, "limit": 10, "val_size": 5, "threads": 1}
+    path = tmp_path / "best.json"
+    import json
+
+    path.write_text(json.dumps(sweep.export_config(c)))
+    cfg = train_parse_args(["--config", str(path)])
+    assert (cfg.data, cfg.init, cfg.lr, cfg.rank_weight) == ("/some/gaicd", "/some/saliency.pt", c["lr"], c["rank_weight"])
+    assert {k: getattr(cfg.model, k) for k in sweep.MODEL_KEYS} == {k: c[k] for k in sweep.MODEL_KEYS}
+    # sweep-only sizes go back to full-training defaults
+    assert (cfg.epochs, cfg.limit, cfg.val_size) == (TrainConfig().epochs, None, TrainConfig().val_size)
+
+
+def test_edge_summary_pairs_draws_by_their_other_hyperparameters():
+    base = {"distance_threshold": 0.3, "num_layers": 1, "num_heads": 4, "max_objects": 5, "use_gate": True,
+            "lr": 1e-3, "rank_weight": 1.0, "epochs": 2}
+    rows = []
+    for draw, (a, b, c) in enumerate([(0.5, 0.4, 0.1), (0.7, 0.5, 0.2)]):
+        for s, v in zip(("disdrop", "disemb", "none"), (a, b, c)):
+            rows.append({**base, "num_layers": draw + 1, "edge_strategy": s, "SRCC": v, "SRCC_e1": v, "Acc5_e1": 10 * v})
+    summary = {r["edge_strategy"]: r for r in sweep.edge_summary(rows)}
+    assert summary["disdrop"]["pairs"] == 2
+    assert math.isclose(summary["disdrop"]["paired_gap_e1_vs_disemb"], 0.15)
+    assert math.isclose(summary["none"]["paired_gap_e1_vs_disemb"], -0.3)
+    assert math.isclose(summary["disemb"]["best_SRCC"], 0.5)
+
+
+def interrupt_after_first_result(experiment: Path, stop: threading.Event) -> None:
+    """Sends Tune's stop signal (SIGUSR1, same handling as Ctrl+C) once a trial has logged an epoch."""
+    while not stop.is_set():
+        if any(p.stat().st_size > 0 for p in experiment.glob("*/result.json")):
+            time.sleep(1.0)  # let the driver register that epoch's checkpoint
+            os.kill(os.getpid(), signal.SIGUSR1)
+            return
+        time.sleep(0.1)
+
+
+@needs_gaicd()
+def test_smoke_sweep_interrupted_resumed_and_exported(ray_session, tmp_path):
+    argv = ["--smoke", "--storage", str(tmp_path), "--name", "smoke", "--epochs", "3", "--cpus-per-trial", "0.5",
+            "--data", str(GAICD_DIR), "--verbose", "0"]
+    stop = threading.Event()
+    watcher = threading.Thread(target=interrupt_after_first_result, args=(tmp_path / "smoke", stop), daemon=True)
+    watcher.start()
+    t0 = time.time()
+    try:
+        first = sweep.main(argv)
+    finally:
+        stop.set()
+    assert first["unfinished"] > 0 and first["best_config"] is None  # interrupted: nothing exported yet
+
+    with pytest.raises(SystemExit, match="--resume"):  # never silently clobbers an experiment
+        sweep.main(argv)
+
+    done = sweep.main(argv + ["--resume"])
+    elapsed = time.time() - t0
+    rows = done["leaderboard"]
+    assert done["unfinished"] == 0 and len(rows) == 3
+    assert {r["edge_strategy"] for r in rows} == {"disdrop", "disemb", "none"}
+    assert all(r["status"] == "ok" and 1 <= r["epochs"] <= 3 and not math.isnan(r["SRCC"]) for r in rows)
+    assert max(r["epochs"] for r in rows) == 3
+    # at least one trial picked up its Tune checkpoint (tune.get_checkpoint -> last.pt) mid-way
+    assert any(r["resumed_at"] >= 1 for r in rows)
+    assert [r["SRCC"] for r in rows] == sorted((r["SRCC"] for r in rows), reverse=True)
+    assert done["leaderboard_csv"].read_text().count("\n") == 4
+
+    cfg = train_parse_args(["--config", str(done["best_config"])])
+    best = rows[0]
+    assert cfg.model.edge_strategy == best["edge_strategy"] and cfg.lr == best["lr"]
+    assert cfg.limit is None and cfg.data == str(GAICD_DIR.resolve())
+    assert elapsed < 180, f"smoke sweep took {elapsed:.0f}s"

@@ -1,0 +1,386 @@
+"""Ray Tune sweep over S2CNet's graph design and training knobs, ASHA-scheduled.
+
+    python tune/sweep.py --smoke                               # tiny subset, < 3 minutes on 2 cores
+    nice -n 19 python tune/sweep.py --samples 4 --init runs/saliency.pt
+    nice -n 19 python tune/sweep.py --samples 4 --init runs/saliency.pt --resume   # after an interruption
+    python tune/sweep.py --storage s3://bucket/sweeps --s3-endpoint http://127.0.0.1:8333
+
+Every trial is one ``s2cnet.train.train`` run in its own trial directory. It reports SRCC, Acc5 and
+Acc10 on a validation split carved from GAICD *train* (never the test split) after each epoch,
+with ``last.pt`` as a Tune checkpoint, so ASHA can stop weak trials early and an interrupted
+sweep resumes every trial from its last finished epoch (``Tuner.restore``).
+
+By default the edge strategy is a grid axis with the other hyperparameters held constant across
+it (``constant_grid_search``): each of the ``--samples`` draws runs once per strategy, which
+turns "which edge strategy wins" into a paired comparison. At the end the script prints a
+leaderboard, writes it and a per-strategy summary as CSV, and exports the best trial's settings
+as a JSON file for ``python -m s2cnet.train --config FILE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import shutil
+import sys
+from dataclasses import asdict, fields
+from pathlib import Path
+from urllib.parse import urlparse
+
+ROOT = Path(__file__).resolve().parents[1]
+if __name__ == "__main__" and str(ROOT) not in sys.path:  # `python tune/sweep.py` from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from s2cnet.graph import EDGE_STRATEGIES  # noqa: E402
+from s2cnet.train import TrainConfig  # noqa: E402
+
+MODEL_KEYS = ("edge_strategy", "distance_threshold", "num_layers", "num_heads", "max_objects", "use_gate")
+TRAIN_KEYS = ("lr", "rank_weight")
+METRIC = "SRCC"
+# Settings that only size the sweep; the exported config puts them back to TrainConfig's defaults.
+SWEEP_ONLY = ("out", "epochs", "limit", "val_size", "threads")
+
+FULL = dict(epochs=3, limit=150, val_size=40, samples=4, concurrent=2, name="s2cnet_sweep")
+SMOKE = dict(epochs=2, limit=4, val_size=3, samples=1, concurrent=2, name="smoke")
+
+
+def search_space(paired: bool = True) -> dict:
+    """The sampled hyperparameters; with ``paired`` the edge strategy is a grid axis."""
+    from ray import tune
+
+    return {
+        "edge_strategy": tune.grid_search(list(EDGE_STRATEGIES)) if paired else tune.choice(list(EDGE_STRATEGIES)),
+        "distance_threshold": tune.uniform(0.2, 0.6),  # DisDrop only; image diagonals
+        "num_layers": tune.choice([1, 2, 3]),
+        "num_heads": tune.choice([2, 4, 8]),  # must divide node_dim (256)
+        "max_objects": tune.choice([3, 5, 10]),  # GAICD ships 10 boxes per image
+        "use_gate": tune.choice([True, False]),
+        "lr": tune.loguniform(1e-4, 1e-3),
+        "rank_weight": tune.uniform(0.25, 2.0),
+    }
+
+
+def trial_config(config: dict, out: str | Path) -> TrainConfig:
+    """A Tune config (searched keys + the fixed ``base`` TrainConfig dict) -> TrainConfig writing to ``out``."""
+    d = json.loads(json.dumps(config["base"]))
+    d["out"] = str(out)
+    for k in TRAIN_KEYS:
+        d[k] = config[k]
+    d["model"] = {**d.get("model", {}), **{k: config[k] for k in MODEL_KEYS}}
+    return TrainConfig.from_dict(d)
+
+
+def run_trial(config: dict) -> None:
+    """One trial: train() in the trial directory, resumed from Tune's checkpoint when there is one."""
+    from ray import tune
+
+    out = Path(tune.get_context().get_trial_dir()) / "train"
+    out.mkdir(parents=True, exist_ok=True)
+    cfg = trial_config(config, out)
+    restored = tune.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            shutil.copyfile(Path(d) / "last.pt", out / "last.pt")
+    else:  # a restarted trial must not pick up an epoch Tune never saw
+        (out / "last.pt").unlink(missing_ok=True)
+    start_epoch = None
+
+    def report(epoch: int, val: dict[str, float], ckpt_path: Path) -> None:
+        nonlocal start_epoch
+        start_epoch = epoch if start_epoch is None else start_epoch
+        staging = out / "checkpoint"
+        staging.mkdir(exist_ok=True)
+        os.replace(ckpt_path, staging / "last.pt")  # train() only reads last.pt at start: Tune's copy is the one
+        tune.report({"epoch": epoch + 1, "SRCC": val["SRCC"], "PCC": val["PCC"], "Acc5": val["Acc5"],
+                     "Acc10": val["Acc10"], "start_epoch": start_epoch},
+                    checkpoint=tune.Checkpoint.from_directory(staging))
+        shutil.rmtree(staging, ignore_errors=True)
+
+    from s2cnet.train import train
+
+    train(cfg, report=report)
+
+
+def resolve_storage(spec: str, endpoint: str | None = None):
+    """Local dir or s3://bucket/prefix -> (storage_path, pyarrow filesystem or None).
+
+    A custom S3 endpoint (SeaweedFS, MinIO) needs an explicit pyarrow S3FileSystem; credentials
+    come from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY as usual.
+    """
+    if not spec.startswith("s3://"):
+        return str(Path(spec).expanduser().resolve()), None
+    if not endpoint:
+        return spec, None  # pyarrow resolves s3:// with the standard AWS configuration
+    import pyarrow.fs
+
+    url = urlparse(endpoint if "://" in endpoint else f"http://{endpoint}")
+    fs = pyarrow.fs.S3FileSystem(
+        endpoint_override=url.netloc, scheme=url.scheme or "http",
+        access_key=os.environ.get("AWS_ACCESS_KEY_ID"), secret_key=os.environ.get("AWS_SECRET_ACCESS_KEY"),
+        region=os.environ.get("AWS_REGION", "us-east-1"))
+    return spec[len("s3://"):].rstrip("/"), fs
+
+
+def trial_dirname(trial) -> str:
+    """Short trial directory names: id and edge strategy (the full config is in params.json)."""
+    return f"{trial.trial_id}_{trial.config['edge_strategy']}"
+
+
+def experiment_path(storage_path: str, name: str) -> str:
+    return f"{storage_path.rstrip('/')}/{name}"
+
+
+SETTINGS_FILE = "sweep_settings.json"
+
+
+def _filesystem(path: str, fs):
+    import pyarrow.fs
+
+    return (fs, path) if fs is not None else pyarrow.fs.FileSystem.from_uri(path)
+
+
+def write_settings(path: str, fs, settings: dict) -> None:
+    """The sweep's own settings next to Tune's state, so a resumed run knows how many trials were planned."""
+    fs, p = _filesystem(path, fs)
+    fs.create_dir(p, recursive=True)
+    with fs.open_output_stream(f"{p}/{SETTINGS_FILE}") as f:
+        f.write(json.dumps(settings, indent=2).encode())
+
+
+def read_settings(path: str, fs) -> dict | None:
+    fs, p = _filesystem(path, fs)
+    try:
+        with fs.open_input_stream(f"{p}/{SETTINGS_FILE}") as f:
+            return json.loads(f.read().decode())
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def build_tuner(args: argparse.Namespace, base: dict, storage_path: str, fs):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    trainable = tune.with_resources(run_trial, {"cpu": args.cpus_per_trial})
+    return tune.Tuner(
+        trainable,
+        param_space={**search_space(paired=not args.unpaired), "base": base},
+        tune_config=tune.TuneConfig(
+            metric=METRIC, mode="max", num_samples=args.samples,
+            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=args.epochs, grace_period=args.grace,
+                                    reduction_factor=args.reduction_factor),
+            search_alg=BasicVariantGenerator(constant_grid_search=True, random_state=args.seed,
+                                             max_concurrent=args.concurrent),
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=args.name, storage_path=storage_path, storage_filesystem=fs, verbose=args.verbose,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=args.max_failures),
+        ),
+    )
+
+
+def history(result) -> list[dict]:
+    """Every epoch a trial reported, in order."""
+    df = result.metrics_dataframe
+    return [] if df is None else df.to_dict("records")
+
+
+def leaderboard(grid) -> list[dict]:
+    """One row per trial (its last reported epoch), best SRCC first."""
+    rows = []
+    for r in grid:
+        m = r.metrics or {}
+        if r.config is None:  # never started
+            continue
+        row = {"trial": m.get("trial_id") or (Path(r.path).name if r.path else "?"), **{k: r.config[k] for k in MODEL_KEYS + TRAIN_KEYS},
+               "epochs": m.get("epoch", 0), "SRCC": m.get("SRCC", math.nan), "Acc5": m.get("Acc5", math.nan),
+               "Acc10": m.get("Acc10", math.nan), "resumed_at": m.get("start_epoch", 0),
+               "status": "ERROR" if r.error else "ok"}
+        first = [h for h in history(r) if h.get("epoch") == 1]
+        row["SRCC_e1"] = first[0]["SRCC"] if first else math.nan
+        row["Acc5_e1"] = first[0]["Acc5"] if first else math.nan
+        rows.append(row)
+    rows.sort(key=lambda x: -x["SRCC"] if not math.isnan(x["SRCC"]) else math.inf)
+    for i, row in enumerate(rows, 1):
+        row["rank"] = i
+    return rows
+
+
+def edge_summary(rows: list[dict]) -> list[dict]:
+    """Per edge strategy: best final SRCC, means at epoch 1 (every trial gets there under ASHA), and
+    the paired gap at epoch 1 to DisEmb over draws that share all other hyperparameters."""
+    other = [k for k in MODEL_KEYS + TRAIN_KEYS if k != "edge_strategy"]
+    groups: dict[tuple, dict[str, dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(round(r[k], 6) if isinstance(r[k], float) else r[k] for k in other), {})[r["edge_strategy"]] = r
+    out = []
+    for s in EDGE_STRATEGIES:
+        mine = [r for r in rows if r["edge_strategy"] == s and not math.isnan(r["SRCC_e1"])]
+        if not mine:
+            continue
+        gaps = [g[s]["SRCC_e1"] - g["disemb"]["SRCC_e1"] for g in groups.values() if s in g and "disemb" in g]
+        full = [r["SRCC"] for r in mine if r["epochs"] == max(x["epochs"] for x in rows)]
+        out.append({"edge_strategy": s, "trials": len(mine), "best_SRCC": max(r["SRCC"] for r in mine),
+                    "trials_full": len(full), "mean_SRCC_full": sum(full) / len(full) if full else math.nan,
+                    "mean_SRCC_e1": sum(r["SRCC_e1"] for r in mine) / len(mine),
+                    "mean_Acc5_e1": sum(r["Acc5_e1"] for r in mine) / len(mine),
+                    "paired_gap_e1_vs_disemb": sum(gaps) / len(gaps) if gaps else math.nan, "pairs": len(gaps)})
+    return out
+
+
+def export_config(config: dict) -> dict:
+    """The best trial's settings as a TrainConfig dict for a full training run (sweep-only sizes reset)."""
+    d = asdict(trial_config(config, TrainConfig().out))
+    defaults = TrainConfig()
+    for k in SWEEP_ONLY:
+        d[k] = getattr(defaults, k)
+    return d
+
+
+def format_table(rows: list[dict], columns: list[str]) -> str:
+    def cell(v) -> str:
+        if isinstance(v, bool) or not isinstance(v, float):
+            return str(v)
+        return f"{v:.4g}" if abs(v) < 1e-2 and v != 0 else f"{v:.4f}"
+
+    body = [[cell(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(b[i]) for b in body)) if body else len(c) for i, c in enumerate(columns)]
+    line = lambda cells: "| " + " | ".join(x.ljust(w) for x, w in zip(cells, widths)) + " |"  # noqa: E731
+    return "\n".join([line(columns), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, body)])
+
+
+def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+
+
+LEADERBOARD_COLUMNS = ["rank", "trial", *MODEL_KEYS, *TRAIN_KEYS, "epochs", "SRCC", "Acc5", "Acc10", "SRCC_e1",
+                       "Acc5_e1", "resumed_at", "status"]
+SUMMARY_COLUMNS = ["edge_strategy", "trials", "best_SRCC", "trials_full", "mean_SRCC_full", "mean_SRCC_e1",
+                   "mean_Acc5_e1", "paired_gap_e1_vs_disemb", "pairs"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help=f"tiny subset: {SMOKE}")
+    ap.add_argument("--samples", type=int, help="hyperparameter draws (x3 trials when paired)")
+    ap.add_argument("--storage", default=str(ROOT / "runs" / "tune"), help="local dir or s3://bucket/prefix")
+    ap.add_argument("--s3-endpoint", default=os.environ.get("AWS_ENDPOINT_URL"), help="custom S3 endpoint URL")
+    ap.add_argument("--name", help="experiment name (a directory under --storage)")
+    ap.add_argument("--resume", action="store_true", help="continue an interrupted experiment (Tuner.restore)")
+    ap.add_argument("--export-dir", type=Path, help="where the leaderboard and best config go (default: the "
+                                                    "experiment dir when storage is local, else runs/tune/<name>)")
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "gaicd"))
+    ap.add_argument("--init", help="backbone checkpoint for every trial, e.g. runs/saliency.pt")
+    ap.add_argument("--epochs", type=int)
+    ap.add_argument("--limit", type=int, help="training images per trial")
+    ap.add_argument("--val-size", type=int, help="validation images carved from GAICD train")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--concurrent", type=int, help="trials running at once")
+    ap.add_argument("--cpus-per-trial", type=float, default=1.0)
+    ap.add_argument("--cpus", type=int, help="num_cpus when this script starts Ray itself")
+    ap.add_argument("--grace", type=int, default=1, help="ASHA grace period (epochs)")
+    ap.add_argument("--reduction-factor", type=float, default=2)
+    ap.add_argument("--max-failures", type=int, default=1, help="retries of a crashed trial from its checkpoint")
+    ap.add_argument("--unpaired", action="store_true", help="sample the edge strategy instead of gridding it")
+    ap.add_argument("--verbose", type=int, default=1)
+    args = ap.parse_args(argv)
+    for k, v in (SMOKE if args.smoke else FULL).items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    return args
+
+
+def base_config(args: argparse.Namespace) -> dict:
+    """The fixed part of every trial's TrainConfig (absolute paths: trials run in their own dirs)."""
+    return asdict(TrainConfig(data=str(Path(args.data).resolve()), init=str(Path(args.init).resolve()) if args.init else None,
+                              epochs=args.epochs, limit=args.limit, val_size=args.val_size, seed=args.seed, threads=1))
+
+
+def ensure_ray(args: argparse.Namespace) -> bool:
+    """Joins a running Ray (e.g. the test session's) or starts a local one; True if we started it."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    ray.init(num_cpus=args.cpus, include_dashboard=False, _node_ip_address="127.0.0.1")
+    return True
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Runs or resumes the sweep, then reports; returns the written paths and tables."""
+    from ray import tune
+
+    args = parse_args(argv)
+    if not (Path(args.data) / "split.json").exists():
+        raise SystemExit(f"GAICD not found at {args.data} (expected split.json)")
+    storage_path, fs = resolve_storage(args.storage, args.s3_endpoint)
+    path = experiment_path(storage_path, args.name)
+    started = ensure_ray(args)
+    try:
+        exists = tune.Tuner.can_restore(path, storage_filesystem=fs)
+        if args.resume and exists:
+            print(f"resuming {path}", flush=True)
+            tuner = tune.Tuner.restore(path, trainable=tune.with_resources(run_trial, {"cpu": args.cpus_per_trial}),
+                                       resume_errored=True, storage_filesystem=fs)
+        elif exists:
+            raise SystemExit(f"an experiment already exists at {path}: pass --resume to continue it or --name for a new one")
+        else:
+            if args.resume:
+                print(f"nothing to resume at {path}; starting a new sweep", flush=True)
+            write_settings(path, fs, {"planned_trials": args.samples * (1 if args.unpaired else len(EDGE_STRATEGIES)),
+                                      "argv": list(sys.argv[1:] if argv is None else argv)})
+            tuner = build_tuner(args, base_config(args), storage_path, fs)
+        grid = tuner.fit()
+        settings = read_settings(path, fs) or {}
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    return report(grid, args, path, fs, settings.get("planned_trials", len(grid)))
+
+
+def report(grid, args: argparse.Namespace, path: str, fs, planned: int) -> dict:
+    rows = leaderboard(grid)
+    summary = edge_summary(rows)
+    # finished = stopped by ASHA, ran all epochs, or errored; an interrupted sweep also has trials not yet created
+    finished = sum(1 for r in grid if r.error or (r.metrics or {}).get("done"))
+    unfinished = max(planned - finished, 0)
+    export = args.export_dir or (Path(path) if fs is None and not path.startswith("s3://") else ROOT / "runs" / "tune" / args.name)
+    export.mkdir(parents=True, exist_ok=True)
+    write_csv(export / "leaderboard.csv", rows, LEADERBOARD_COLUMNS)
+    write_csv(export / "edge_summary.csv", summary, SUMMARY_COLUMNS)
+    print("\nleaderboard (validation split of GAICD train; SRCC/Acc at the last epoch each trial reached)")
+    print(format_table(rows, LEADERBOARD_COLUMNS))
+    print("\nby edge strategy")
+    print(format_table(summary, SUMMARY_COLUMNS))
+    out = {"experiment": path, "leaderboard": rows, "summary": summary, "unfinished": unfinished,
+           "leaderboard_csv": export / "leaderboard.csv", "summary_csv": export / "edge_summary.csv", "best_config": None}
+    if unfinished:
+        print(f"\n{unfinished} trial(s) unfinished: rerun with --resume to continue {path}")
+        return out
+    best = grid.get_best_result(metric=METRIC, mode="max", scope="last")
+    best_path = export / "best_config.json"
+    best_path.write_text(json.dumps(export_config(best.config), indent=2) + "\n")
+    (export / "best_trial.json").write_text(json.dumps(
+        {"trial": best.metrics.get("trial_id"), "path": best.path, "metrics": {k: best.metrics.get(k) for k in ("epoch", "SRCC", "PCC", "Acc5", "Acc10")},
+         "sweep": {k: best.config["base"][k] for k in SWEEP_ONLY if k != "out"}}, indent=2) + "\n")
+    print(f"\nbest config -> {best_path}  (python -m s2cnet.train --config {best_path})")
+    print(f"leaderboard -> {export / 'leaderboard.csv'}")
+    out["best_config"] = best_path
+    return out
+
+
+if __name__ == "__main__":
+    from tune.sweep import main as _main  # import by module name so Ray workers unpickle tune.sweep, not __main__
+
+    _main()
