@@ -118,8 +118,9 @@ def run_crop(args: argparse.Namespace, cropper: Cropper | None, stdout: TextIO, 
     if cropper is None:
         try:
             cropper = load_cropper(args.weights, objects=not args.no_objects)
-        except FileNotFoundError as e:
-            print(f"error: {e}; pass --weights PATH", file=stderr)
+        except FileNotFoundError as e:  # S2CNet weights (--weights) or saliency weights (--no-objects)
+            print(f"error: {e} (--weights PATH picks S2CNet weights; --no-objects runs without object proposals)",
+                  file=stderr)
             return 2
         except (ImportError, OSError, RuntimeError, ValueError) as e:
             print(f"error: cannot load the cropper ({type(e).__name__}: {e}); "
