@@ -11,8 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 from math import gcd
+import re
 
 import numpy as np
+
+_RATIO = re.compile(r"([0-9]+)\s*:\s*([0-9]+)")
 
 
 @dataclass(frozen=True)
@@ -27,10 +30,10 @@ class GridConfig:
 
 def parse_ratio(ratio: str) -> tuple[int, int]:
     """'16:9' -> (16, 9) reduced; raises ValueError with the reason for anything else."""
-    parts = ratio.strip().split(":") if isinstance(ratio, str) else []
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+    m = _RATIO.fullmatch(ratio.strip()) if isinstance(ratio, str) else None
+    if m is None:
         raise ValueError(f"aspect ratio must look like 'W:H' with positive integers, got {ratio!r}")
-    w, h = int(parts[0]), int(parts[1])
+    w, h = int(m[1]), int(m[2])
     if w <= 0 or h <= 0 or w > 100 or h > 100:
         raise ValueError(f"aspect ratio terms must be between 1 and 100, got {ratio!r}")
     g = gcd(w, h)

@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 from typing import Sequence, TextIO
 
-import numpy as np
 from PIL import Image
 
 from s2cnet.candidates import parse_ratio
@@ -65,18 +64,12 @@ class _Names:
         return self.out / name
 
 
-def _propose(cropper: Cropper, image: Image.Image) -> np.ndarray:
-    if cropper.proposer is None:
-        return np.zeros((0, 4), np.float32)
-    return np.asarray(cropper.proposer(image), np.float32).reshape(-1, 4)
-
-
 def crop_one(cropper: Cropper, path: Path, args: argparse.Namespace, names: _Names | None) -> dict:
     """Crops one photo and writes its files; returns its JSON record (raises on failure)."""
     loaded = open_image(path, max_pixels=args.max_pixels or None)
     image = loaded.image
-    objects = _propose(cropper, image) if args.debug else None  # the overlay must show the same objects
-    crops: list[Crop] = cropper.crop(image, args.ratio, objects=objects)
+    analysis = cropper.analyse(image, args.ratio)
+    crops: list[Crop] = analysis.crops
     record = {"path": str(path), "width": image.width, "height": image.height,
               "model_version": cropper.model_version, "crops": []}
     for crop in crops:
@@ -93,7 +86,7 @@ def crop_one(cropper: Cropper, path: Path, args: argparse.Namespace, names: _Nam
         from s2cnet.overlay import debug_overlay
 
         file = names(path.stem, "_debug.png")
-        overlay = debug_overlay(cropper, image, crops, args.ratio, objects, max_side=args.debug_size or None)
+        overlay = debug_overlay(image, analysis, max_side=args.debug_size or None)
         overlay.save(file, compress_level=1)  # a debugging aid: fast to write beats small
         record["debug"] = str(file)
     return record

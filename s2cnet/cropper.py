@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from s2cnet.candidates import GridConfig, candidates
+from s2cnet.imageio import LoadedImage, open_image
 from s2cnet.model import S2CNet, S2CNetConfig
 from s2cnet.transforms import resize_shape, to_tensor
 
@@ -70,20 +71,27 @@ class Cropper:
         return cls(model, proposer=proposer, model_version=version, **kwargs)
 
     # -- internals -------------------------------------------------------------------------------
-    def _prepare(self, image: Image.Image) -> tuple[torch.Tensor, np.ndarray]:
-        """Resized, normalised tensor and the per-axis scale from original to model pixels."""
-        w0, h0 = image.size
-        w, h = resize_shape(w0, h0, self.short_side)
-        x = to_tensor(image.resize((w, h), Image.BILINEAR))[None]
-        return x, np.array([w / w0, h / h0, w / w0, h / h0], np.float32)
+    def _load(self, src) -> LoadedImage:
+        """Decode no larger than the model needs (JPEG draft mode); boxes stay in full-size pixels."""
+        return open_image(src, target_short_side=self.short_side)
 
-    def _objects(self, image: Image.Image, objects) -> np.ndarray:
+    def _features(self, loaded: LoadedImage) -> tuple[torch.Tensor, np.ndarray]:
+        """One backbone pass, and the scale from full-size pixels to model-input pixels."""
+        w0, h0 = loaded.original_size
+        w, h = resize_shape(w0, h0, self.short_side)
+        x = to_tensor(loaded.image.resize((w, h), Image.BILINEAR))[None]
+        with torch.no_grad():
+            feat = self.model.features(x)
+        return feat, np.array([w / w0, h / h0, w / w0, h / h0], np.float32)
+
+    def _objects(self, loaded: LoadedImage, objects) -> np.ndarray:
         if objects is not None:
-            arr = np.asarray(objects, np.float32).reshape(-1, 4)
-            return arr
+            return np.asarray(objects, np.float32).reshape(-1, 4)
         if self.proposer is None:
             return np.zeros((0, 4), np.float32)
-        return np.asarray(self.proposer(image), np.float32).reshape(-1, 4)
+        sx, sy = loaded.scale
+        boxes = np.asarray(self.proposer(loaded.image), np.float32).reshape(-1, 4)
+        return boxes * np.array([sx, sy, sx, sy], np.float32)
 
     @torch.no_grad()
     def _score(self, feat: torch.Tensor, scale: np.ndarray, boxes: np.ndarray, objects: np.ndarray) -> np.ndarray:
@@ -93,60 +101,67 @@ class Cropper:
         return self.model.score_crops(feat, crops_t, objs_t, float(w), float(h)).numpy()
 
     # -- public API -------------------------------------------------------------------------------
-    def score(self, image: Image.Image, boxes, objects=None) -> np.ndarray:
+    def objects(self, image) -> np.ndarray:
+        """The object nodes the proposer finds: [M, 4] x1,y1,x2,y2 in full-size upright pixels."""
+        return self._objects(self._load(image), None)
+
+    def score(self, image, boxes, objects=None) -> np.ndarray:
         """Scores [N] (higher is better) for boxes [N, 4] x1,y1,x2,y2 in ``image``'s pixels.
 
         objects: [M, 4] boxes, an empty [0, 4] array for no object nodes, or None to propose them.
         """
-        from s2cnet.imageio import load_image
-
-        image = load_image(image)
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        loaded = self._load(image)
         if len(boxes) == 0:
             return np.zeros(0, np.float32)
-        x, scale = self._prepare(image)
-        with torch.no_grad():
-            feat = self.model.features(x)
-        return self._score(feat, scale, boxes, self._objects(image, objects))
+        feat, scale = self._features(loaded)
+        return self._score(feat, scale, boxes, self._objects(loaded, objects))
 
     def crop(self, image, ratios: Sequence[str] | None = None, objects=None) -> list[Crop]:
         """Best crop per ratio (one result per ratio, in order); ratios=None: the best free-ratio crop."""
-        return self.crop_batch([image], ratios, objects=None if objects is None else [objects])[0]
+        return self.analyse(image, ratios, objects).crops
 
     def crop_batch(self, images: Sequence, ratios: Sequence[str] | None = None, objects=None) -> list[list[Crop]]:
-        """One backbone pass per image serves every ratio; each image's result list follows ``ratios``."""
-        from s2cnet.imageio import load_image
+        """One backbone pass per image serves every ratio; each image's result list follows ``ratios``.
 
-        results = []
-        for i, src in enumerate(images):
-            image = load_image(src)
-            x, scale = self._prepare(image)
-            with torch.no_grad():
-                feat = self.model.features(x)
-            objs = self._objects(image, None if objects is None else objects[i])
-            results.append(self._choose(image, feat, scale, objs, ratios))
-        return results
+        Raises on the first unreadable image; callers that must not lose the rest (the pipeline,
+        the service) call ``crop`` per image or catch ``ImageLoadError`` themselves.
+        """
+        return [self.analyse(src, ratios, None if objects is None else objects[i]).crops for i, src in enumerate(images)]
 
-    def _choose(self, image: Image.Image, feat: torch.Tensor, scale: np.ndarray, objs: np.ndarray,
-                ratios: Sequence[str] | None) -> list[Crop]:
-        w, h = image.size
+    def analyse(self, image, ratios: Sequence[str] | None = None, objects=None) -> "Analysis":
+        """Everything behind a crop decision: candidates and their scores per ratio, the object nodes."""
+        loaded = self._load(image)
+        w, h = loaded.original_size
         keys = [None] if ratios is None else list(ratios)
-        per_ratio = [candidates(w, h, r, self.grid) for r in keys]
-        all_boxes = np.concatenate(per_ratio)
-        scores = self._score(feat, scale, all_boxes, objs)
-        out, start = [], 0
+        per_ratio = [candidates(w, h, r, self.grid) for r in keys]  # bad ratios fail before any model work
+        feat, scale = self._features(loaded)
+        objs = self._objects(loaded, objects)
+        scores = self._score(feat, scale, np.concatenate(per_ratio), objs)
+        splits = np.cumsum([len(b) for b in per_ratio])[:-1]
+        per_scores = np.split(scores, splits)
+        crops = [self._choose(r, b, s, objs) for r, b, s in zip(keys, per_ratio, per_scores)]
+        return Analysis((w, h), crops, dict(zip(keys, per_ratio)), dict(zip(keys, per_scores)), objs)
+
+    def _choose(self, ratio: str | None, boxes: np.ndarray, s: np.ndarray, objs: np.ndarray) -> Crop:
+        """The best-scoring candidate, unless one almost as good keeps more protected objects whole."""
         protected = objs[: self.protected_objects]
-        for r, boxes in zip(keys, per_ratio):
-            s = scores[start : start + len(boxes)]
-            start += len(boxes)
-            cuts = cut_matrix(boxes, protected)  # [N, M] bool
-            near_best = s >= s.max() - self.integrity_margin
-            fewest = cuts[near_best].sum(1).min() if len(protected) else 0
-            eligible = near_best & (cuts.sum(1) == fewest)
-            j = int(np.argmax(np.where(eligible, s, -np.inf)))
-            cut = [tuple(int(round(v)) for v in protected[k]) for k in np.nonzero(cuts[j])[0]]
-            out.append(Crop(ratio=r, box=tuple(int(v) for v in boxes[j]), score=float(s[j]), cut_objects=cut))
-        return out
+        cuts = cut_matrix(boxes, protected)  # [N, M] bool
+        near_best = s >= s.max() - self.integrity_margin
+        fewest = cuts[near_best].sum(1).min() if len(protected) else 0
+        eligible = near_best & (cuts.sum(1) == fewest)
+        j = int(np.argmax(np.where(eligible, s, -np.inf)))
+        cut = [tuple(int(round(v)) for v in protected[k]) for k in np.nonzero(cuts[j])[0]]
+        return Crop(ratio=ratio, box=tuple(int(v) for v in boxes[j]), score=float(s[j]), cut_objects=cut)
+
+
+@dataclass
+class Analysis:
+    size: tuple[int, int]  # full-size upright (width, height)
+    crops: list[Crop]  # the chosen crop per ratio
+    candidates: dict  # ratio -> [N, 4] int boxes
+    scores: dict  # ratio -> [N] scores
+    objects: np.ndarray  # [M, 4] object nodes used
 
 
 def cut_matrix(crops: np.ndarray, objects: np.ndarray, keep_whole: float = 0.9, drop: float = 0.1) -> np.ndarray:

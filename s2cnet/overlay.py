@@ -13,8 +13,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from s2cnet.candidates import candidates
-from s2cnet.cropper import Crop, Cropper
+from s2cnet.cropper import Analysis, Crop
 
 # Diverging low -> high ramp (blue, pale yellow, red), readable over a grey photo.
 _RAMP = np.array([[49, 54, 149], [116, 173, 209], [255, 255, 191], [244, 109, 67], [165, 0, 38]], np.float32)
@@ -124,18 +123,8 @@ def render_overlay(image: Image.Image, boxes: np.ndarray, scores: np.ndarray, ob
     return out
 
 
-def candidate_scores(cropper: Cropper, image: Image.Image, ratios: Sequence[str] | None,
-                     objects=None) -> tuple[np.ndarray, np.ndarray]:
-    """Every candidate the cropper weighs for ``ratios`` and its score (one extra scoring pass)."""
-    w, h = image.size
-    keys = [None] if ratios is None else list(ratios)
-    boxes = np.concatenate([candidates(w, h, r, cropper.grid) for r in keys])
-    return boxes, cropper.score(image, boxes, objects=objects)
-
-
-def debug_overlay(cropper: Cropper, image: Image.Image, crops: Sequence[Crop], ratios: Sequence[str] | None,
-                  objects, max_side: int | None = 1024) -> Image.Image:
-    """Overlay for one photo: re-scores all candidates with the same object boxes the crops used."""
-    objects = np.asarray(objects, np.float32).reshape(-1, 4)
-    boxes, scores = candidate_scores(cropper, image, ratios, objects)
-    return render_overlay(image, boxes, scores, objects, crops, max_side=max_side)
+def debug_overlay(image: Image.Image, analysis: Analysis, max_side: int | None = 1024) -> Image.Image:
+    """Overlay for one photo from the very analysis that chose its crops (no second scoring pass)."""
+    boxes = np.concatenate(list(analysis.candidates.values()))
+    scores = np.concatenate(list(analysis.scores.values()))
+    return render_overlay(image, boxes, scores, analysis.objects, analysis.crops, max_side=max_side)

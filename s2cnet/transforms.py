@@ -12,9 +12,13 @@ IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])
 IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225])
 
 
-def resize_shape(width: int, height: int, short_side: int = 256, multiple: int = 32) -> tuple[int, int]:
-    """GAIC's input size: short side ~short_side, both sides rounded to a multiple of 32."""
-    scale = short_side / min(width, height)
+def resize_shape(width: int, height: int, short_side: int = 256, multiple: int = 32,
+                 max_long_side: int = 1024) -> tuple[int, int]:
+    """GAIC's input size: short side ~short_side, both sides rounded to a multiple of 32.
+
+    The long side is capped so a panorama (or a 1x10000 strip) cannot blow up the model input.
+    """
+    scale = min(short_side / min(width, height), max_long_side / max(width, height))
     w = max(multiple, int(round(width * scale / multiple)) * multiple)
     h = max(multiple, int(round(height * scale / multiple)) * multiple)
     return w, h

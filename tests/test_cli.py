@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 from s2cnet.cli import main
 from s2cnet.cropper import DEFAULT_WEIGHTS, Crop, Cropper
 from s2cnet.model import S2CNet, S2CNetConfig
-from s2cnet.overlay import (CROP_COLOURS, CUT_OBJECT_COLOUR, OBJECT_COLOUR, candidate_scores, render_overlay,
+from s2cnet.overlay import (CROP_COLOURS, CUT_OBJECT_COLOUR, OBJECT_COLOUR, render_overlay,
                             score_heat)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -225,7 +225,11 @@ def test_overlay_scores_agree_with_the_chosen_crops(object_cropper, cropper):
     objects = np.array(OBJECTS, np.float32)
     for c, objs in ((cropper, np.zeros((0, 4), np.float32)), (object_cropper, objects)):
         crops = c.crop(image, ["16:9", "1:1"], objects=objs)
-        boxes, scores = candidate_scores(c, image, ["16:9", "1:1"], objs)
+        analysis = c.analyse(image, ["16:9", "1:1"], objects=objs)
+        assert [x.box for x in analysis.crops] == [x.box for x in crops]
+        boxes = np.concatenate([c_ for c_ in analysis.candidates.values()])
+        scores = np.concatenate([s_ for s_ in analysis.scores.values()])
+        np.testing.assert_allclose(scores, c.score(image, boxes, objects=objs), atol=1e-4)  # the heat map shows the scores the choice used
         for crop in crops:
             k = int(np.flatnonzero((boxes == crop.box).all(1))[0])
             assert abs(scores[k] - crop.score) < 1e-4  # the heat map shows the scores the choice used
