@@ -4,7 +4,7 @@ No ImageNet weights can be downloaded on our machines, so the backbone first lea
 salient object in 3,000 human-masked DUTS photos. What makes a crop good depends heavily on keeping
 that object whole, so this is a relevant pretext task; the same head later proposes object boxes.
 
-    python -m s2cnet.saliency --data ../shared/data/duts --out runs/saliency.pt --epochs 3
+    python -m s2cnet.saliency --data ../shared/data/duts --out runs/saliency.pt --epochs 4 --stop-after 3
 """
 
 from __future__ import annotations
@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path("../shared/data/duts"))
     ap.add_argument("--out", type=Path, default=Path("runs/saliency.pt"))
-    ap.add_argument("--epochs", type=int, default=3)
+    ap.add_argument("--epochs", type=int, default=4, help="length of the one-cycle schedule")
+    ap.add_argument("--stop-after", type=int, default=None, help="stop after this many epochs of the schedule")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
         net.load_state_dict(ck["model"]), opt.load_state_dict(ck["opt"]), sched.load_state_dict(ck["sched"])
         start_epoch = ck["epoch"] + 1
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    for epoch in range(start_epoch, args.epochs):
+    for epoch in range(start_epoch, min(args.epochs, args.stop_after or args.epochs)):
         t0 = time.time()
         order = list(range(len(train)))
         rng.shuffle(order)

@@ -9,7 +9,7 @@ DATA=${DATA:-../shared/data}
 EPOCHS=${EPOCHS:-16}
 PY=.venv/bin/python
 mkdir -p runs
-[ -f runs/saliency.pt ] || $PY -m s2cnet.saliency --data "$DATA/duts" --epochs 4 --out runs/saliency.pt  # shipped: epoch 3 of 4 (stopped for time)
+[ -f runs/saliency.pt ] || $PY -m s2cnet.saliency --data "$DATA/duts" --epochs 4 --stop-after 3 --out runs/saliency.pt
 $PY -m s2cnet.train --data "$DATA/gaicd" --init runs/saliency.pt --out runs/s2cnet --epochs "$EPOCHS" --threads 1 &
 $PY -m s2cnet.train --data "$DATA/gaicd" --init runs/saliency.pt --out runs/gaic --epochs "$EPOCHS" --threads 1 \
     --model use_graph=false &

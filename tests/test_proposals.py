@@ -1,0 +1,100 @@
+"""Object proposals: saliency regions, faces, and the Faster R-CNN adapter."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from s2cnet.proposals import (SALIENCY_WEIGHTS, DetectorProposer, FaceDetector, SaliencyProposer,
+                              default_proposer, load_saliency)
+from s2cnet.saliency import SaliencyNet
+
+
+def astronaut() -> Image.Image:
+    import skimage.data
+
+    return Image.fromarray(skimage.data.astronaut())
+
+
+def test_boxes_from_map_finds_each_blob_in_image_pixels():
+    proposer = SaliencyProposer(SaliencyNet().eval(), thresholds=(0.5,))
+    sal = np.zeros((10, 20), np.float32)
+    sal[2:5, 2:6] = 0.9  # left blob: cells x 2..5, y 2..4
+    sal[5:9, 12:18] = 1.0  # right blob
+    boxes, mass = proposer.boxes_from_map(sal, width=400, height=200)  # 20 px per cell
+    assert len(boxes) == 3  # two blobs and their joint extent
+    left = boxes[np.argmin(boxes[:, 0])]
+    assert abs(left[0] - 40) <= 20 and abs(left[2] - 120) <= 20 and abs(left[1] - 40) <= 20 and abs(left[3] - 100) <= 20
+    right = [b for b in boxes if b[0] > 200][0]
+    assert abs(right[0] - 240) <= 20 and abs(right[2] - 360) <= 20
+    assert (boxes[:, [0, 2]] <= 400).all() and (boxes[:, [1, 3]] <= 200).all()
+    assert mass[list(map(tuple, boxes)).index(tuple(right))] > mass[list(map(tuple, boxes)).index(tuple(left))]
+
+
+def test_face_detector_finds_the_astronauts_face():
+    faces = FaceDetector()(astronaut())
+    assert len(faces) >= 1
+    x1, y1, x2, y2 = faces[0]
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    assert 180 < cx < 280 and 60 < cy < 170  # her face, in the 512x512 photo
+
+
+def test_face_detector_finds_nothing_in_a_flat_image():
+    assert FaceDetector()(Image.new("RGB", (300, 200), (120, 130, 140))).shape == (0, 4)
+
+
+@pytest.mark.skipif(not SALIENCY_WEIGHTS.exists(), reason="bundled saliency weights not present")
+def test_default_proposer_keeps_faces_first_and_boxes_inside():
+    image = astronaut()
+    boxes = default_proposer(max_objects=6)(image)
+    assert 1 <= len(boxes) <= 6
+    assert (boxes[:, 0] < boxes[:, 2]).all() and (boxes[:, 1] < boxes[:, 3]).all()
+    assert (boxes >= 0).all() and (boxes[:, [0, 2]] <= image.width).all() and (boxes[:, [1, 3]] <= image.height).all()
+    cx, cy = boxes[0, [0, 2]].mean(), boxes[0, [1, 3]].mean()
+    assert 180 < cx < 280 and 60 < cy < 170  # the face is the first object node
+
+
+@pytest.mark.skipif(not SALIENCY_WEIGHTS.exists(), reason="bundled saliency weights not present")
+def test_bundled_saliency_prefers_the_object_over_flat_background():
+    net = load_saliency()
+    image = Image.new("RGB", (320, 320), (200, 200, 200))
+    image.paste(Image.fromarray(np.asarray(astronaut().resize((120, 120)))), (100, 100))
+    sal = SaliencyProposer(net, short_side=320).saliency_map(image)  # 20x20 cells of 16 px
+    inside, outside = sal[7:13, 7:13].mean(), np.concatenate([sal[:4].ravel(), sal[-4:].ravel()]).mean()
+    assert inside > outside + 0.1
+
+
+@pytest.fixture(scope="module")
+def detector_weights(tmp_path_factory):
+    torch.manual_seed(0)
+    import torchvision
+
+    model = torchvision.models.detection.fasterrcnn_mobilenet_v3_large_fpn(weights=None, weights_backbone=None, num_classes=5)
+    path = tmp_path_factory.mktemp("det") / "frcnn.pt"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_detector_proposer_from_a_local_file(detector_weights):
+    det = DetectorProposer(detector_weights, num_classes=5, score_threshold=0.0, max_objects=4)
+    boxes = det(astronaut())
+    assert boxes.ndim == 2 and boxes.shape[1] == 4 and len(boxes) <= 4
+    assert (boxes[:, [0, 2]] <= 512).all()
+
+
+def test_detector_proposer_from_s3(detector_weights, local_s3, monkeypatch):
+    local_s3.create_bucket("models")
+    local_s3.client().upload_file(str(detector_weights), "models", "det/frcnn.pt")
+    for k, v in local_s3.env().items():
+        monkeypatch.setenv(k, v)
+    det = DetectorProposer("s3://models/det/frcnn.pt", num_classes=5, endpoint_url=local_s3.endpoint_url)
+    local = DetectorProposer(detector_weights, num_classes=5)
+    a, b = det.model.state_dict(), local.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_detector_proposer_rejects_a_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        DetectorProposer(tmp_path / "nope.pt")
