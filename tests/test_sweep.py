@@ -117,3 +117,23 @@ def test_smoke_sweep_interrupted_resumed_and_exported(ray_session, tmp_path):
     assert cfg.model.edge_strategy == best["edge_strategy"] and cfg.lr == best["lr"]
     assert cfg.limit is None and cfg.data == str(GAICD_DIR.resolve())
     assert elapsed < 180, f"smoke sweep took {elapsed:.0f}s"
+
+
+@needs_gaicd()
+def test_smoke_sweep_on_s3_storage_restores_from_the_bucket(ray_session, local_s3, tmp_path, monkeypatch):
+    """storage s3://... with a custom endpoint goes through a pyarrow S3FileSystem (storage_filesystem)."""
+    for k, v in local_s3.env().items():
+        monkeypatch.setenv(k, v)
+    local_s3.create_bucket("sweeps")
+    argv = ["--smoke", "--unpaired", "--epochs", "1", "--storage", "s3://sweeps/tune", "--s3-endpoint",
+            local_s3.endpoint_url, "--name", "s3smoke", "--cpus-per-trial", "0.5", "--data", str(GAICD_DIR),
+            "--export-dir", str(tmp_path), "--verbose", "0"]
+    first = sweep.main(argv)
+    assert first["unfinished"] == 0 and len(first["leaderboard"]) == 1
+    keys = [o["Key"] for o in local_s3.client().list_objects_v2(Bucket="sweeps", Prefix="tune/s3smoke/")["Contents"]]
+    assert any(k.endswith("/checkpoint_000000/last.pt") for k in keys)
+    assert any(k.split("/")[-1].startswith("experiment_state") for k in keys)
+    again = sweep.main(argv + ["--resume"])  # restored from the bucket: nothing left to run, same result
+    assert [r["trial"] for r in again["leaderboard"]] == [r["trial"] for r in first["leaderboard"]]
+    assert again["leaderboard"][0]["SRCC"] == first["leaderboard"][0]["SRCC"]
+    assert train_parse_args(["--config", str(again["best_config"])]).model.edge_strategy == first["leaderboard"][0]["edge_strategy"]

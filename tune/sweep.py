@@ -205,19 +205,27 @@ def leaderboard(grid) -> list[dict]:
         row["SRCC_e1"] = first[0]["SRCC"] if first else math.nan
         row["Acc5_e1"] = first[0]["Acc5"] if first else math.nan
         rows.append(row)
+    draws: dict[tuple, int] = {}
+    for row in sorted(rows, key=lambda x: x["trial"]):  # trials sharing every other hyperparameter = one draw
+        row["draw"] = draws.setdefault(_others(row), len(draws))
     rows.sort(key=lambda x: -x["SRCC"] if not math.isnan(x["SRCC"]) else math.inf)
     for i, row in enumerate(rows, 1):
         row["rank"] = i
     return rows
 
 
+def _others(row: dict) -> tuple:
+    """Every searched value except the edge strategy: equal tuples are one paired draw."""
+    return tuple(round(row[k], 6) if isinstance(row[k], float) else row[k]
+                 for k in MODEL_KEYS + TRAIN_KEYS if k != "edge_strategy")
+
+
 def edge_summary(rows: list[dict]) -> list[dict]:
     """Per edge strategy: best final SRCC, means at epoch 1 (every trial gets there under ASHA), and
     the paired gap at epoch 1 to DisEmb over draws that share all other hyperparameters."""
-    other = [k for k in MODEL_KEYS + TRAIN_KEYS if k != "edge_strategy"]
     groups: dict[tuple, dict[str, dict]] = {}
     for r in rows:
-        groups.setdefault(tuple(round(r[k], 6) if isinstance(r[k], float) else r[k] for k in other), {})[r["edge_strategy"]] = r
+        groups.setdefault(_others(r), {})[r["edge_strategy"]] = r
     out = []
     for s in EDGE_STRATEGIES:
         mine = [r for r in rows if r["edge_strategy"] == s and not math.isnan(r["SRCC_e1"])]
@@ -261,7 +269,7 @@ def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
         w.writerows(rows)
 
 
-LEADERBOARD_COLUMNS = ["rank", "trial", *MODEL_KEYS, *TRAIN_KEYS, "epochs", "SRCC", "Acc5", "Acc10", "SRCC_e1",
+LEADERBOARD_COLUMNS = ["rank", "trial", "draw", *MODEL_KEYS, *TRAIN_KEYS, "epochs", "SRCC", "Acc5", "Acc10", "SRCC_e1",
                        "Acc5_e1", "resumed_at", "status"]
 SUMMARY_COLUMNS = ["edge_strategy", "trials", "best_SRCC", "trials_full", "mean_SRCC_full", "mean_SRCC_e1",
                    "mean_Acc5_e1", "paired_gap_e1_vs_disemb", "pairs"]
@@ -311,7 +319,7 @@ def ensure_ray(args: argparse.Namespace) -> bool:
     if ray.is_initialized():
         return False
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    ray.init(num_cpus=args.cpus, include_dashboard=False, _node_ip_address="127.0.0.1")
+    ray.init(num_cpus=args.cpus, include_dashboard=False)
     return True
 
 
