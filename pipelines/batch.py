@@ -95,11 +95,21 @@ class JobConfig:
     block_photos: int = 64  # photos per Ray Data block = per task = per Parquet file, at most
     progress: bool = True
     ray_address: str | None = None  # None: $RAY_ADDRESS, a running local cluster, or a new local one
+    forward_aws_env: bool = True  # pass the driver's AWS_* variables (if any) to the workers
     fail_once_marker: str | None = None
 
 
 class OutputExistsError(RuntimeError):
     pass
+
+
+AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
+           "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
+
+
+def aws_env() -> dict[str, str]:
+    """The driver's AWS_* settings: with an S3-compatible store they are how workers reach it."""
+    return {k: os.environ[k] for k in AWS_ENV if os.environ.get(k)}
 
 
 def normalize_ratios(ratios: list[str] | str) -> list[str]:
@@ -323,12 +333,15 @@ def run(cfg: JobConfig) -> Summary:
         # Enough blocks that every actor gets several; at most block_photos photos per output file.
         per_block = max(1, min(cfg.block_photos, math.ceil(len(work) / (actors * 4))))
         ds = ray.data.from_arrow(work_blocks(work, per_block))
+        env = aws_env() if cfg.forward_aws_env else {}
+        runtime_env = {"env_vars": env} if env else None
         ds = ds.map_batches(CropWorker, fn_constructor_kwargs={"spec": spec}, batch_size=cfg.batch_size,
                             batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
-                            num_cpus=cfg.cpus_per_actor, num_gpus=gpus or None)
+                            num_cpus=cfg.cpus_per_actor, num_gpus=gpus or None, runtime_env=runtime_env)
         # Writing is I/O: zero-CPU tasks run while the actors hold every core, so crops reach the
         # output as they are made (and survive a crash) instead of piling up until the map ends.
-        ds.write_parquet(out.root, filesystem=out.filesystem(), schema=SCHEMA, ray_remote_args={"num_cpus": 0},
+        write_args = {"num_cpus": 0, **({"runtime_env": runtime_env} if runtime_env else {})}
+        ds.write_parquet(out.root, filesystem=out.filesystem(), schema=SCHEMA, ray_remote_args=write_args,
                          concurrency=max(2, actors))
     seconds = time.perf_counter() - start
     ok, failed, rows, missing, dups, errors = check(out, work, ratios)

@@ -39,8 +39,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--weights", help="S2CNet weights file (default: the weights shipped with s2cnet)")
     p.add_argument("--no-proposals", action="store_true", help="score without object proposals")
     p.add_argument("--untrained-ok", action="store_true", help="development: random weights if none exist")
-    p.add_argument("--max-pixels", type=int, default=100_000_000, help="larger photos become error rows")
+    p.add_argument("--max-pixels", type=int, default=64_000_000, help="larger photos become error rows")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, a running local cluster, or new)")
+    p.add_argument("--no-forward-aws-env", action="store_true",
+                   help="do not pass this shell's AWS_* variables to the Ray workers")
     p.add_argument("--summary-json", help="also write the summary as JSON here")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
@@ -77,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
                         gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
                         batch_size=args.batch_size, limit=args.limit, resume=args.resume, overwrite=args.overwrite,
                         model=ModelSpec(args.weights, not args.no_proposals, args.untrained_ok),
-                        max_pixels=args.max_pixels, progress=not args.no_progress, ray_address=args.address)
+                        max_pixels=args.max_pixels, progress=not args.no_progress, ray_address=args.address,
+                        forward_aws_env=not args.no_forward_aws_env)
         try:
             summary = run(cfg)
         except OutputExistsError as e:

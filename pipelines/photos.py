@@ -30,7 +30,7 @@ SCHEMA = pa.schema([
     ("error", pa.string()),  # null when fine
 ])
 
-DEFAULT_MAX_PIXELS = 100_000_000  # ~1.2 GB of RGB per photo at most inside an actor
+DEFAULT_MAX_PIXELS = 64_000_000  # ~190 MB of RGB per photo inside an actor (the loader's own default)
 DEFAULT_MAX_BYTES = 200 * 1024 * 1024
 
 
@@ -74,9 +74,7 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = load_image(data)
-        image.load()
-        return image
+            return load_image(data, max_pixels=max_pixels)
     except PhotoError:
         raise
     except Exception as e:

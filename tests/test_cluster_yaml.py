@@ -1,0 +1,91 @@
+"""cluster.yaml passes Ray's own config preparation and schema, and the lone script it submits runs
+against the project installed the way its setup_commands install it."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    return yaml.safe_load((ROOT / "cluster.yaml").read_text())
+
+
+def test_validates_with_rays_own_schema(cluster):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    prepared = prepare_config(copy.deepcopy(cluster))
+    validate_config(prepared)  # raises on any schema error
+    assert prepared["provider"]["type"] == "aws"
+    assert prepared["docker"]["image"] == "rayproject/ray:2.60.0-py311-gpu"
+    types = prepared["available_node_types"]
+    head = types[prepared["head_node_type"]]
+    assert not head["node_config"]["InstanceType"].startswith(("g", "p"))  # a CPU head
+    gpu = [t for n, t in types.items() if n != prepared["head_node_type"]]
+    assert len(gpu) == 1 and gpu[0]["node_config"]["InstanceType"] == "g5.xlarge"
+    assert gpu[0]["min_workers"] == 0 and gpu[0]["max_workers"] >= 1
+    assert prepared["max_workers"] >= gpu[0]["max_workers"]
+
+
+def test_max_workers_is_configurable(cluster):
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    edited = copy.deepcopy(cluster)
+    edited["available_node_types"]["gpu_worker"]["max_workers"] = 3
+    edited["max_workers"] = 3
+    validate_config(prepare_config(edited))
+    broken = copy.deepcopy(cluster)
+    broken["available_node_types"]["gpu_worker"]["max_workers"] = "many"
+    with pytest.raises(Exception):
+        validate_config(prepare_config(broken))
+
+
+def test_setup_installs_the_file_mounted_project(cluster):
+    mounts = cluster["file_mounts"]
+    remote = [r for r, local in mounts.items() if (ROOT / local).resolve() == ROOT]
+    assert len(remote) == 1, "the repository root must be file-mounted (ray submit copies only the script)"
+    assert any("pip install" in c and remote[0] in c for c in cluster["setup_commands"])
+    packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    assert {"s2cnet", "pipelines"} <= set(packages)
+
+
+def test_lone_script_runs_against_the_installed_package(tmp_path):
+    """Build and install the project the way setup_commands does, then run a lone copy of the script."""
+    src = tmp_path / "src"
+    for name in ("pyproject.toml", "s2cnet", "pipelines", "serve", "tune", "README.md"):
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+        elif (ROOT / name).exists():
+            src.mkdir(exist_ok=True)
+            shutil.copy(ROOT / name, src / name)
+    if not (src / "README.md").exists():
+        (src / "README.md").write_text("ugc-crop\n")
+    site = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--target", str(site), str(src)]
+    proc = subprocess.run(pip, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    shutil.copy(ROOT / "pipelines" / "crop_bucket.py", elsewhere / "crop_bucket.py")
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "HOME": str(tmp_path)}
+    where = "import importlib.util as u; print(u.find_spec('pipelines').origin, u.find_spec('s2cnet').origin)"
+    check = subprocess.run([sys.executable, "-c", where],
+                           cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert check.returncode == 0, check.stderr[-2000:]
+    assert all(p.startswith(str(site)) for p in check.stdout.split()), check.stdout
+    helped = subprocess.run([sys.executable, "crop_bucket.py", "--help"], cwd=elsewhere, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert helped.returncode == 0, helped.stderr[-2000:]
+    for flag in ("--input", "--output", "--ratios", "--thumbnails", "--thumb-width", "--endpoint-url", "--actors",
+                 "--gpus-per-actor", "--batch-size", "--limit", "--resume"):
+        assert flag in helped.stdout

@@ -1,0 +1,237 @@
+"""The batch pipeline against real components: SeaweedFS S3, a local Ray, pyarrow, the real Cropper."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from PIL import Image
+
+from pipeline_files import expected_rows, mixed_bucket, model_for_tests
+from pipelines.batch import JobConfig, OutputExistsError, normalize_ratios, plan, run
+from pipelines.photos import PhotoError, crop_safely, decode, thumbnail_path
+from pipelines.storage import InputFile, Location, list_inputs, read_output
+from s2cnet.candidates import parse_ratio
+
+ROOT = Path(__file__).resolve().parents[1]
+RATIOS = ["1:1", "4:3", "16:9", "9:16"]
+BUCKET = "pipeline"
+COLUMNS = ["key", "width", "height", "ratio", "x1", "y1", "x2", "y2", "score", "model_version", "error"]
+
+
+# -- fixtures ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def files():
+    return {f"in/{k}": v for k, v in mixed_bucket().items()}
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return model_for_tests(tmp_path_factory.mktemp("model"))
+
+
+@pytest.fixture(scope="module")
+def bucket(local_s3, files):
+    local_s3.create_bucket(BUCKET)
+    client = local_s3.client()
+    for key, (data, _) in files.items():
+        client.put_object(Bucket=BUCKET, Key=key, Body=data)
+    os.environ.update(local_s3.env())  # the driver's AWS_* settings are forwarded to the workers
+    return local_s3
+
+
+def job(store, out: str, model, **kw) -> JobConfig:
+    return JobConfig(input=f"s3://{BUCKET}/in/", output=f"s3://{BUCKET}/{out}/", ratios=RATIOS,
+                     endpoint_url=store.endpoint_url, model=model[0], actors=2, batch_size=4, progress=False, **kw)
+
+
+def rows_of(loc: Location) -> list[dict]:
+    return sorted(read_output(loc, COLUMNS).to_pylist(), key=lambda r: (r["key"], r["ratio"] or ""))
+
+
+@pytest.fixture(scope="module")
+def full_run(ray_session, bucket, model):
+    cfg = job(bucket, "crops", model, thumbnails=f"s3://{BUCKET}/thumbs/")
+    summary = run(cfg)
+    return cfg, summary, rows_of(Location(cfg.output, bucket.endpoint_url))
+
+
+# -- pure parts ----------------------------------------------------------------------------------------
+def test_ratios_are_validated_and_deduplicated():
+    assert normalize_ratios("1:1, 4:3,8:6,16:9") == ["1:1", "4:3", "16:9"]
+    with pytest.raises(ValueError):
+        normalize_ratios("1:1,wide")
+    with pytest.raises(ValueError):
+        normalize_ratios(" , ")
+
+
+def test_thumbnail_names_follow_key_and_ratio():
+    assert thumbnail_path("photos/thumbs/", "in/a b/c.jpg", "16:9") == "photos/thumbs/in/a b/c.jpg/16x9.jpg"
+
+
+def test_plan_keeps_only_missing_pairs():
+    fs = [InputFile(k, k, 1) for k in ("a", "b", "c", "d", "e")]
+    done = {"a": {"1:1"}, "b": {None}, "c": {"1:1", "16:9"}}
+    work, skipped = plan(fs, done, ["1:1", "16:9"], limit=None)
+    assert [(f.key, todo) for f, todo in work] == [("a", ["16:9"]), ("d", ["1:1", "16:9"]), ("e", ["1:1", "16:9"])]
+    assert skipped == 2
+    work, _ = plan(fs, done, ["1:1", "16:9"], limit=2)
+    assert [f.key for f, _ in work] == ["a", "d"]
+
+
+def test_decode_gives_a_reason_per_kind_of_bad_upload(files):
+    for key, (data, exp) in files.items():
+        if isinstance(exp, tuple) and exp[0] == "error":
+            with pytest.raises(PhotoError) as err:
+                decode(data)
+            assert str(err.value).startswith(exp[1]), (key, str(err.value))
+        else:
+            assert decode(data).mode == "RGB"
+
+
+def test_one_bad_photo_or_ratio_does_not_sink_the_batch(model):
+    cropper = model[0].build()
+    good = Image.new("RGB", (320, 240), "white")
+    strip = Image.new("RGB", (400, 12), "white")
+    out = crop_safely(cropper.crop_batch, [good, strip], RATIOS)
+    assert all(not isinstance(c, str) for c in out[0])
+    assert [isinstance(c, str) for c in out[1]] == [False, False, False, True]  # no exact 9:16 in a 400x12 strip
+    assert out[1][3].startswith("crop:")
+
+
+def test_local_folder_listing_uses_relative_keys(tmp_path):
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / "a" / "b" / "x.jpg").write_bytes(b"1")
+    (tmp_path / "y.png").write_bytes(b"")
+    got = list_inputs(Location(str(tmp_path)))
+    assert [(f.key, f.size) for f in got] == [("a/b/x.jpg", 1), ("y.png", 0)]
+
+
+# -- the job on S3 -------------------------------------------------------------------------------------
+def test_every_key_once_per_ratio_or_once_as_an_error(full_run, files):
+    cfg, summary, rows = full_run
+    assert summary.complete and summary.planned == len(files) and summary.skipped == 0
+    assert len(rows) == expected_rows(files, RATIOS) == summary.rows
+    by_key: dict[str, list[dict]] = {}
+    for r in rows:
+        by_key.setdefault(r["key"], []).append(r)
+    assert set(by_key) == set(files)
+    for key, (_, exp) in files.items():
+        krows = by_key[key]
+        if isinstance(exp, tuple) and exp[0] == "error":
+            assert len(krows) == 1 and krows[0]["ratio"] is None and krows[0]["x1"] is None
+            assert krows[0]["error"].startswith(exp[1]), (key, krows[0]["error"])
+            continue
+        assert sorted(r["ratio"] for r in krows) == sorted(RATIOS), key
+        bad = exp[1] if isinstance(exp, tuple) else set()
+        for r in krows:
+            if r["ratio"] in bad:
+                assert r["error"].startswith("crop:") and r["x1"] is None
+                continue
+            assert r["error"] is None, (key, r["error"])
+            a, b = parse_ratio(r["ratio"])
+            w, h = r["x2"] - r["x1"], r["y2"] - r["y1"]
+            assert 0 <= r["x1"] < r["x2"] <= r["width"] and 0 <= r["y1"] < r["y2"] <= r["height"]
+            assert w * b == h * a, (key, r)  # exactly the requested ratio
+            assert r["model_version"] and r["score"] is not None
+    assert {(r["width"], r["height"]) for r in by_key["in/odd/exif_rotated.jpg"]} == {(240, 320)}  # upright size
+    n_failed = sum(1 for _, e in files.values() if isinstance(e, tuple))
+    assert (summary.ok, summary.failed) == (len(files) - n_failed, n_failed)
+    assert summary.errors["too large"] == 2 and summary.errors["empty file (0 bytes)"] == 1
+
+
+def test_thumbnails_are_jpegs_named_by_key_and_ratio(full_run, bucket):
+    cfg, _, rows = full_run
+    fs, thumbs = bucket.filesystem(), Location(cfg.thumbnails)
+    ok = [r for r in rows if r["error"] is None]
+    for r in ok:
+        with fs.open_input_stream(thumbnail_path(thumbs.root, r["key"], r["ratio"])) as f:
+            img = Image.open(io.BytesIO(f.read()))
+        assert img.format == "JPEG"
+        assert img.width == min(512, r["x2"] - r["x1"])
+        a, b = parse_ratio(r["ratio"])
+        assert abs(img.width / img.height - a / b) < 0.05 + 2 / img.height
+    listed = bucket.client().list_objects_v2(Bucket=BUCKET, Prefix="thumbs/", MaxKeys=1000)["KeyCount"]
+    assert listed == len(ok)
+
+
+def test_rerun_refuses_and_resume_adds_nothing(full_run, bucket, model):
+    cfg, _, rows = full_run
+    with pytest.raises(OutputExistsError):
+        run(job(bucket, "crops", model))
+    again = run(job(bucket, "crops", model, resume=True))
+    assert again.planned == 0 and again.skipped == len({r["key"] for r in rows})
+    assert rows_of(Location(cfg.output, bucket.endpoint_url)) == rows
+
+
+def test_resume_after_a_partial_run_equals_one_run(full_run, bucket, model):
+    _, _, rows = full_run
+    first = run(_with(job(bucket, "resumed", model, limit=10), ratios=["1:1", "16:9"]))
+    assert first.complete and first.planned == 10
+    second = run(job(bucket, "resumed", model, resume=True))
+    assert second.complete and second.duplicates == 0
+    assert second.planned == len({r["key"] for r in rows})  # the 10 lack two ratios, the rest everything
+    third = run(job(bucket, "resumed", model, resume=True))
+    assert third.planned == 0
+    assert _comparable(rows_of(Location(f"s3://{BUCKET}/resumed/", bucket.endpoint_url))) == _comparable(rows)
+
+
+def _with(cfg: JobConfig, **kw) -> JobConfig:
+    for k, v in kw.items():
+        setattr(cfg, k, v)
+    return cfg
+
+
+def _comparable(rows: list[dict]) -> list[tuple]:
+    return [(r["key"], r["ratio"], r["width"], r["height"], r["x1"], r["y1"], r["x2"], r["y2"],
+             None if r["score"] is None else round(r["score"], 4), r["error"]) for r in rows]
+
+
+# -- a crash mid-run, on local folders -----------------------------------------------------------------
+def test_an_actor_crash_is_retried_and_nothing_is_lost(ray_session, full_run, files, model, tmp_path):
+    _, _, rows = full_run
+    src = tmp_path / "photos"
+    keys = sorted(files)[:12]
+    for k in keys:
+        (src / k).parent.mkdir(parents=True, exist_ok=True)
+        (src / k).write_bytes(files[k][0])
+    marker = tmp_path / "crashed"
+    cfg = JobConfig(input=str(src), output=str(tmp_path / "crops"), ratios=RATIOS, model=model[0], actors=2,
+                    batch_size=2, progress=False, fail_once_marker=str(marker))
+    summary = run(cfg)
+    assert marker.exists(), "no actor crashed: the test did not test anything"
+    assert summary.complete and summary.planned == len(keys) and summary.duplicates == 0
+    got = rows_of(Location(cfg.output))
+    assert _comparable(got) == _comparable([r for r in rows if r["key"] in set(keys)])
+
+
+# -- the script as `ray submit` runs it: a lone copy, another directory --------------------------------
+def test_script_copied_alone_runs_from_another_directory(ray_session, full_run, bucket, model, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    script = elsewhere / "crop_bucket.py"
+    shutil.copy(ROOT / "pipelines" / "crop_bucket.py", script)
+    # On a cluster the package is installed on every node (cluster.yaml's setup_commands); here the
+    # checkout stands in for it: PYTHONPATH for this driver, the job's runtime_env for its workers
+    # (the variable is how `ray job submit` hands a runtime_env to its entrypoint).
+    job_config = {"runtime_env": {"env_vars": {"PYTHONPATH": str(ROOT)}}}
+    env = {**os.environ, **bucket.env(), "PYTHONPATH": str(ROOT), "RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps(job_config),
+           "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address, "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, script.name, "--input", f"s3://{BUCKET}/in/odd/", "--output", f"s3://{BUCKET}/cli/",
+            "--endpoint-url", bucket.endpoint_url, "--actors", "2", "--batch-size", "4", "--no-progress",
+            "--summary-json", "summary.json", *model[1]]
+    proc = subprocess.run(args, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((elsewhere / "summary.json").read_text())
+    n_odd = sum(1 for k in full_run[2] if k["key"].startswith("in/odd/"))
+    assert summary["missing"] == [] and summary["duplicates"] == 0 and summary["rows"] == n_odd
+    assert "crop_bucket:" in proc.stdout and "complete" in proc.stdout
+    again = subprocess.run(args, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 2 and "--resume" in again.stderr  # no silent duplicates
