@@ -37,7 +37,9 @@ class Crop:
 def load_checkpoint(path: str | Path) -> tuple[S2CNet, dict]:
     """A checkpoint is {'model': state_dict, 'config': S2CNetConfig dict, ...}; fp16 tensors are widened."""
     ck = torch.load(path, map_location="cpu", weights_only=True)
-    model = S2CNet(S2CNetConfig.from_dict(ck["config"]))
+    config = ck["config"]
+    config = config["model"] if isinstance(config.get("model"), dict) else config  # train.py's last.pt
+    model = S2CNet(S2CNetConfig.from_dict(config))
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["model"].items()})
     model.eval()
     return model, ck
