@@ -8,7 +8,6 @@ import random
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from conftest import GAICD_DIR, needs_gaicd
 from s2cnet.data import GAICD, hflip_boxes, read_yxyx
