@@ -41,11 +41,19 @@ class CropDeployment:
         self._crop_batch.set_max_batch_size(self.service.settings.max_batch_size)
         self._crop_batch.set_batch_wait_timeout_s(self.service.settings.batch_wait_timeout_s)
         self.service.cropper.crop(Image.new("RGB", (640, 480), "gray"), ["1:1"])  # warm-up; fails fast if broken
+        self._model_free: asyncio.Event | None = None  # created on the replica's event loop
 
     def __serve_build_asgi_app__(self):
         return build_app(self.service, self._crop)
 
     async def _crop(self, image: Image.Image, ratios: tuple[str, ...]) -> tuple[list[Crop], int]:
+        # @serve.batch closes a batch batch_wait_timeout_s after its first item even while the model
+        # is still busy with the previous one, which under load yields batches of ~1 queued behind
+        # each other. Holding requests here until the model is free lets them all join one batch.
+        if self._model_free is None:
+            self._model_free = asyncio.Event()
+            self._model_free.set()
+        await self._model_free.wait()
         result, batch_size = await self._crop_batch((image, ratios))
         if isinstance(result, Exception):
             raise result
@@ -54,7 +62,11 @@ class CropDeployment:
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
     async def _crop_batch(self, items: list[tuple[Image.Image, tuple[str, ...]]]) -> list[tuple[Any, int]]:
         # The model runs in a thread so this replica keeps reading and decoding the next requests.
-        results = await asyncio.to_thread(self.service.crop_many, items)
+        self._model_free.clear()
+        try:
+            results = await asyncio.to_thread(self.service.crop_many, items)
+        finally:
+            self._model_free.set()
         return [(r, len(items)) for r in results]
 
 

@@ -76,6 +76,7 @@ def build_app(service: CropService, crop: CropFn | None = None) -> FastAPI:
     crop = crop or direct_crop(service)
     s = service.settings
     app = FastAPI(title="ugc-crop", description="S2CNet crops and thumbnails", version="1")
+    page_html = PAGE.read_text()
 
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
@@ -91,7 +92,7 @@ def build_app(service: CropService, crop: CropFn | None = None) -> FastAPI:
 
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
-        return HTMLResponse(PAGE.read_text())
+        return HTMLResponse(page_html)
 
     @app.post("/v1/crops")
     async def crops(request: Request, ratios: str | None = None) -> JSONResponse:
