@@ -113,34 +113,42 @@ def run_level(url: str, images: list[bytes], clients: int, seconds: float) -> di
 
 
 def breakdown(images: list[bytes], args: dict, repeats: int = 20) -> dict:
-    """Median in-process ms per stage for one request (no Ray, no HTTP): where the latency goes."""
-    import torch
+    """Median in-process ms per stage of one request (no Ray, no HTTP): where the latency goes.
 
+    Mirrors POST /v1/crops: the service validates the upload, then Cropper.analyse decodes it again
+    (draft mode), runs the backbone, proposes objects, scores every candidate and chooses per ratio.
+    """
     from s2cnet.candidates import candidates
     from serve.service import CropService
     from serve.settings import Settings
 
     svc = CropService(Settings.load(args))
     c = svc.cropper
-    stages: dict[str, list[float]] = {k: [] for k in ("decode", "resize+normalise", "proposals", "backbone",
-                                                      "candidates", "score+choose", "crop() total")}
+    names = ("validate (service.decode)", "cropper decode (draft)", "resize+backbone", "proposals",
+             "candidates", "score candidates", "choose", "sum of stages", "Cropper.crop total")
+    stages: dict[str, list[float]] = {k: [] for k in names}
     ratios = RATIOS.split(",")
+    n_cand = n_obj = 0
     for i in range(repeats + 2):
         data = images[i % len(images)]
-        t = time.perf_counter(); img = svc.decode(data); t1 = time.perf_counter()
-        x, scale = c._prepare(img); t2 = time.perf_counter()
-        objs = c._objects(img, None); t3 = time.perf_counter()
-        with torch.no_grad():
-            feat = c.model.features(x)
-        t4 = time.perf_counter()
-        [candidates(img.width, img.height, r, c.grid) for r in ratios]; t5 = time.perf_counter()
-        c._choose(img, feat, scale, objs, ratios); t6 = time.perf_counter()
-        c.crop(img, ratios); t7 = time.perf_counter()
-        if i >= 2:
-            for k, v in zip(stages, (t1 - t, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, t7 - t6)):
-                stages[k].append(v * 1e3)
-    return {k: round(statistics.median(v), 1) for k, v in stages.items()} | {"objects": int(len(objs)),
-                                                                            "model_version": c.model_version}
+        t = [time.perf_counter()]
+        svc.decode(data); t.append(time.perf_counter())
+        loaded = c._load(data); t.append(time.perf_counter())
+        feat, scale = c._features(loaded); t.append(time.perf_counter())
+        objs = c._objects(loaded, None); t.append(time.perf_counter())
+        w, h = loaded.original_size
+        per_ratio = [candidates(w, h, r, c.grid) for r in ratios]; t.append(time.perf_counter())
+        scores = c._score(feat, scale, np.concatenate(per_ratio), objs); t.append(time.perf_counter())
+        parts = np.split(scores, np.cumsum([len(b) for b in per_ratio])[:-1])
+        [c._choose(r, b, s, objs) for r, b, s in zip(ratios, per_ratio, parts)]; t.append(time.perf_counter())
+        c.crop(data, ratios); t.append(time.perf_counter())
+        n_cand, n_obj = sum(map(len, per_ratio)), len(objs)
+        if i >= 2:  # warm-up
+            d = np.diff(t) * 1e3
+            for k, v in zip(names, [*d[:7], d[:7].sum(), d[7]]):
+                stages[k].append(float(v))
+    return {k: round(statistics.median(v), 1) for k, v in stages.items()} | {
+        "n_candidates": n_cand, "n_objects": n_obj, "model_version": c.model_version}
 
 
 def main() -> None:

@@ -22,14 +22,14 @@ from serve.service import CropService
 
 PAGE = Path(__file__).with_name("page.html")
 
-# (image, ratios) -> (crops, size of the model batch this request rode in)
-CropFn = Callable[[Image.Image, tuple[str, ...]], Awaitable[tuple[list[Crop], int]]]
+# (image bytes or PIL image, ratios) -> (crops, size of the model batch this request rode in)
+CropFn = Callable[[bytes | Image.Image, tuple[str, ...]], Awaitable[tuple[list[Crop], int]]]
 
 
 def direct_crop(service: CropService) -> CropFn:
     """No batching: each request calls the model on its own (tests and single-process use)."""
 
-    async def crop(image: Image.Image, ratios: tuple[str, ...]) -> tuple[list[Crop], int]:
+    async def crop(image: bytes | Image.Image, ratios: tuple[str, ...]) -> tuple[list[Crop], int]:
         result = (await asyncio.to_thread(service.crop_many, [(image, ratios)]))[0]
         if isinstance(result, Exception):
             raise result
@@ -82,9 +82,9 @@ def build_app(service: CropService, crop: CropFn | None = None) -> FastAPI:
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse({"detail": exc.reason}, status_code=exc.status)
 
-    async def best_crops(image: Image.Image, ratios: Sequence[str]) -> tuple[list[Crop], int]:
-        service.check_fits(image, ratios)
-        return await crop(image, tuple(ratios))
+    async def best_crops(src, size: tuple[int, int], ratios: Sequence[str]) -> tuple[list[Crop], int]:
+        service.check_fits(size, ratios)
+        return await crop(src, tuple(ratios))
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -100,12 +100,14 @@ def build_app(service: CropService, crop: CropFn | None = None) -> FastAPI:
         wanted = service.parse_ratios(ratios)  # cheap checks before reading the body
         body = await upload_bytes(request, await read_body(request, s.max_body_bytes))
         t1 = time.perf_counter()
-        image = await asyncio.to_thread(service.decode, body)
+        # Validates (status + reason) and gives the upright size; the cropper decodes the bytes again
+        # in draft mode inside the batch, a few ms for a 1 MP JPEG.
+        size = (await asyncio.to_thread(service.decode, body)).original_size
         t2 = time.perf_counter()
-        found, batch = await best_crops(image, wanted)
+        found, batch = await best_crops(body, size, wanted)
         t3 = time.perf_counter()
         timing = {"read": (t1 - t0) * 1e3, "decode": (t2 - t1) * 1e3, "crop": (t3 - t2) * 1e3, "total": (t3 - t0) * 1e3}
-        return JSONResponse(service.crops_body(image, found, service.model_version, timing),
+        return JSONResponse(service.crops_body(size, found, service.model_version, timing),
                             headers={"X-Batch-Size": str(batch)})
 
     @app.get("/v1/thumbnail")
@@ -122,10 +124,10 @@ def build_app(service: CropService, crop: CropFn | None = None) -> FastAPI:
         obj = await asyncio.to_thread(service.reader.get, key)
         if obj.etag != source_etag:  # replaced between HEAD and GET: describe what we serve
             headers["ETag"] = service.thumbnail_etag(key, obj.etag, ratio, width, format)
-        image = await asyncio.to_thread(service.decode, obj.data)
+        image = (await asyncio.to_thread(service.decode, obj.data, True)).image
         box = service.cached_box(key, obj.etag, ratio)
         if box is None:
-            box = (await best_crops(image, [ratio]))[0][0].box
+            box = (await best_crops(image, image.size, [ratio]))[0][0].box
             service.remember_box(key, obj.etag, ratio, box)
         data = await asyncio.to_thread(service.render_thumbnail, image, box, ratio, width, format)
         return Response(data, media_type=media_type, headers=headers)

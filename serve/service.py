@@ -10,18 +10,17 @@ import hashlib
 import io
 import warnings
 from collections import OrderedDict
-from typing import Sequence
+from typing import Any, Sequence
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from s2cnet.candidates import parse_ratio
 from s2cnet.cropper import Crop, Cropper
+from s2cnet.imageio import ImageLoadError, LoadedImage, open_image
 from serve.errors import ServiceError
 from serve.objects import ObjectReader, check_key
 from serve.settings import Settings
 
-# Formats a browser or phone produces; anything else Pillow happens to read is refused (415).
-ALLOWED_FORMATS = {"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF"}
 THUMBNAIL_FORMATS = {"jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
 
 
@@ -94,44 +93,49 @@ class CropService:
         if n > self.settings.max_body_bytes:
             raise ServiceError(413, f"body is over the {self.settings.max_body_bytes} byte limit")
 
-    def decode(self, data: bytes) -> Image.Image:
-        """Bytes -> upright RGB image; 413 too many pixels, 415 not an image, 422 corrupt or truncated."""
+    def decode(self, data: bytes, full_size: bool = False) -> LoadedImage:
+        """Bytes -> upright RGB via the shared loader; 413 too big, 415 not an image, 422 corrupt.
+
+        full_size=False decodes only as large as the model needs (JPEG draft mode), which is all
+        that validating an upload takes; ``original_size`` is still the full upright size.
+        """
         self.check_body_size(len(data))
         if not data:
             raise ServiceError(422, "empty body: send the image bytes (raw body or multipart form field)")
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                img = Image.open(io.BytesIO(data))
-        except UnidentifiedImageError:
-            raise ServiceError(415, "body is not an image (expected JPEG, PNG, WebP, GIF, BMP or TIFF bytes)") from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-            raise ServiceError(413, f"image has more than {self.settings.max_pixels} pixels") from None
-        except Exception as e:  # Pillow raises many types on malformed headers
-            raise ServiceError(422, f"corrupt image header: {e}") from None
-        if img.format not in ALLOWED_FORMATS:
-            raise ServiceError(415, f"unsupported image format {img.format}")
-        w, h = img.size
-        if w < 1 or h < 1 or w * h > self.settings.max_pixels:
-            raise ServiceError(413, f"image is {w}x{h}; the limit is {self.settings.max_pixels} pixels")
+            return open_image(data, target_short_side=None if full_size else self.cropper.short_side,
+                              max_pixels=self.settings.max_pixels)
+        except ImageLoadError as e:
+            raise ServiceError(self._load_status(data), e.reason) from None
+
+    def _load_status(self, data: bytes) -> int:
+        """Which status a load failure deserves, from the header alone (the reason is the loader's)."""
         try:
-            img.load()
-            return ImageOps.exif_transpose(img).convert("RGB")
-        except Exception as e:  # truncated data, bad Huffman tables, ...
-            raise ServiceError(422, f"corrupt or truncated {img.format} image: {e}") from None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                w, h = Image.open(io.BytesIO(data)).size
+        except UnidentifiedImageError:
+            return 415
+        except Image.DecompressionBombError:
+            return 413
+        except Exception:
+            return 422
+        return 413 if w * h > self.settings.max_pixels else 422
 
     @staticmethod
-    def check_fits(image: Image.Image, ratios: Sequence[str]) -> None:
+    def check_fits(size: tuple[int, int], ratios: Sequence[str]) -> None:
         """422 when the photo is too small to hold an exact crop of some ratio (e.g. 16:9 in 10x10)."""
-        w, h = image.size
+        w, h = size
         for r in ratios:
             a, b = parse_ratio(r)
             if w < a or h < b:
                 raise ServiceError(422, f"a {w}x{h} image is too small for an exact {r} crop")
 
     # -- model ---------------------------------------------------------------------------------------
-    def crop_many(self, items: Sequence[tuple[Image.Image, tuple[str, ...]]]) -> list[list[Crop] | Exception]:
+    def crop_many(self, items: Sequence[tuple[Any, tuple[str, ...]]]) -> list[list[Crop] | Exception]:
         """One result per (image, ratios) item, in order; an item's failure never fails the others.
+
+        An image is anything ``Cropper`` takes: upload bytes (it decodes them in draft mode) or a PIL image.
 
         Items sharing a ratio list go through one ``Cropper.crop_batch`` call (the serve batch path).
         """
@@ -149,17 +153,19 @@ class CropService:
                     results[i] = self._crop_one(items[i][0], ratios)
         return results  # type: ignore[return-value]
 
-    def _crop_one(self, image: Image.Image, ratios: tuple[str, ...]) -> list[Crop] | Exception:
+    def _crop_one(self, image: Any, ratios: tuple[str, ...]) -> list[Crop] | Exception:
         try:
             return self.cropper.crop(image, list(ratios))
-        except ValueError as e:  # ImageLoadError and candidate errors are the input's fault
+        except ImageLoadError as e:  # the header was fine (decode() passed), the pixels are not
+            return ServiceError(422, e.reason)
+        except ValueError as e:  # candidate errors are the input's fault too
             return ServiceError(422, str(e))
         except Exception as e:
             return e
 
     @staticmethod
-    def crops_body(image: Image.Image, crops: Sequence[Crop], model_version: str, timing_ms: dict) -> dict:
-        w, h = image.size
+    def crops_body(size: tuple[int, int], crops: Sequence[Crop], model_version: str, timing_ms: dict) -> dict:
+        w, h = size
         return {"width": w, "height": h,
                 "crops": [{"ratio": c.ratio, "box": [int(v) for v in c.box], "score": round(float(c.score), 6)}
                           for c in crops],

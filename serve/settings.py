@@ -9,6 +9,8 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
+from s2cnet.imageio import DEFAULT_MAX_PIXELS
+
 ENV_PREFIX = "UGC_SERVE_"
 
 
@@ -21,7 +23,7 @@ class Settings:
     access_key: str | None = None  # None: boto3's default credential chain (AWS_* env vars, roles)
     secret_key: str | None = None
     max_body_bytes: int = 20 * 1024 * 1024  # POST body / stored object limit -> 413
-    max_pixels: int = 50_000_000  # decoded image limit -> 413 (decompression bombs)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # header-claimed pixel limit -> 413 (decompression bombs)
     max_ratios: int = 8
     default_ratios: str = "1:1,16:9"
     max_thumbnail_width: int = 4096

@@ -107,11 +107,14 @@ def service() -> CropService:
 
 
 def test_decode_sorts_bad_bytes_by_reason(service):
-    good = encode(photo(300, 200))
-    assert service.decode(good).size == (300, 200)
+    good = encode(photo(1200, 800))
+    loaded = service.decode(good)
+    assert loaded.original_size == (1200, 800) and min(loaded.image.size) < 800  # draft-mode decode
+    assert service.decode(good, full_size=True).image.size == (1200, 800)
     cases = [(b"", 422, "empty"), (b"<html>not an image</html>", 415, "not an image"),
-             (good[: len(good) // 2], 422, "truncated"), (encode(Image.new("1", (6000, 6000)), "PNG"), 413, "pixels"),
-             (b"x" * (BODY_LIMIT + 1), 413, "limit"), (encode(Image.new("RGB", (8, 8)), "PPM"), 415, "unsupported")]
+             (b"%PDF-1.7 ...", 415, "PDF"), (good[: len(good) // 2], 422, "truncated"),
+             (good[:300], 422, "JPEG"), (encode(Image.new("1", (6000, 6000)), "PNG"), 413, "megapixels"),
+             (b"x" * (BODY_LIMIT + 1), 413, "limit")]
     for data, status, reason in cases:
         with pytest.raises(ServiceError) as e:
             service.decode(data)
@@ -121,7 +124,7 @@ def test_decode_sorts_bad_bytes_by_reason(service):
 def test_decode_applies_exif_orientation(service):
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees clockwise to display
-    assert service.decode(encode(photo(400, 300), exif=exif)).size == (300, 400)
+    assert service.decode(encode(photo(400, 300), exif=exif)).original_size == (300, 400)
 
 
 def test_ratio_parsing(service):
