@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -49,8 +50,6 @@ def test_export_config_is_accepted_by_train_cli(tmp_path):
     c = sample_configs(1, seed=3)[0]
     c["base"] = {"data": "/some/gaicd", "init": "/some/saliency.pt", "epochs": 2, "limit": 10, "val_size": 5, "threads": 1}
     path = tmp_path / "best.json"
-    import json
-
     path.write_text(json.dumps(sweep.export_config(c)))
     cfg = train_parse_args(["--config", str(path)])
     assert (cfg.data, cfg.init, cfg.lr, cfg.rank_weight) == ("/some/gaicd", "/some/saliency.pt", c["lr"], c["rank_weight"])
@@ -95,7 +94,10 @@ def test_smoke_sweep_interrupted_resumed_and_exported(ray_session, tmp_path):
         first = sweep.main(argv)
     finally:
         stop.set()
-    assert first["unfinished"] > 0 and first["best_config"] is None  # interrupted: nothing exported yet
+    assert first["unfinished"] > 0  # interrupted; a best-so-far config may already be exported
+    peek = sweep.main(argv + ["--report-only"])  # reads the saved state, runs nothing
+    assert peek["unfinished"] == first["unfinished"]
+    assert sorted(r["trial"] for r in peek["leaderboard"]) == sorted(r["trial"] for r in first["leaderboard"])
 
     with pytest.raises(SystemExit, match="--resume"):  # never silently clobbers an experiment
         sweep.main(argv)
@@ -112,6 +114,7 @@ def test_smoke_sweep_interrupted_resumed_and_exported(ray_session, tmp_path):
     assert [r["SRCC"] for r in rows] == sorted((r["SRCC"] for r in rows), reverse=True)
     assert done["leaderboard_csv"].read_text().count("\n") == 4
 
+    assert json.loads((done["best_config"].parent / "best_trial.json").read_text())["complete_sweep"] is True
     cfg = train_parse_args(["--config", str(done["best_config"])])
     best = rows[0]
     assert cfg.model.edge_strategy == best["edge_strategy"] and cfg.lr == best["lr"]

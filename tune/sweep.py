@@ -283,6 +283,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--s3-endpoint", default=os.environ.get("AWS_ENDPOINT_URL"), help="custom S3 endpoint URL")
     ap.add_argument("--name", help="experiment name (a directory under --storage)")
     ap.add_argument("--resume", action="store_true", help="continue an interrupted experiment (Tuner.restore)")
+    ap.add_argument("--report-only", action="store_true", help="print and export the tables of an existing "
+                                                                "experiment (running or interrupted) without running it")
     ap.add_argument("--export-dir", type=Path, help="where the leaderboard and best config go (default: the "
                                                     "experiment dir when storage is local, else runs/tune/<name>)")
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "gaicd"))
@@ -332,6 +334,11 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit(f"GAICD not found at {args.data} (expected split.json)")
     storage_path, fs = resolve_storage(args.storage, args.s3_endpoint)
     path = experiment_path(storage_path, args.name)
+    if args.report_only:
+        from ray.tune import ExperimentAnalysis, ResultGrid
+
+        grid = ResultGrid(ExperimentAnalysis(path, storage_filesystem=fs, default_metric=METRIC, default_mode="max"))
+        return report(grid, args, path, fs, (read_settings(path, fs) or {}).get("planned_trials", len(grid)))
     started = ensure_ray(args)
     try:
         exists = tune.Tuner.can_restore(path, storage_filesystem=fs)
@@ -373,16 +380,19 @@ def report(grid, args: argparse.Namespace, path: str, fs, planned: int) -> dict:
     print(format_table(summary, SUMMARY_COLUMNS))
     out = {"experiment": path, "leaderboard": rows, "summary": summary, "unfinished": unfinished,
            "leaderboard_csv": export / "leaderboard.csv", "summary_csv": export / "edge_summary.csv", "best_config": None}
+    scored = [r for r in grid if r.config is not None and not math.isnan((r.metrics or {}).get(METRIC, math.nan))]
     if unfinished:
-        print(f"\n{unfinished} trial(s) unfinished: rerun with --resume to continue {path}")
+        print(f"\n{unfinished} of {planned} trial(s) unfinished: rerun with --resume to continue {path}")
+    if not scored:
         return out
-    best = grid.get_best_result(metric=METRIC, mode="max", scope="last")
+    best = max(scored, key=lambda r: r.metrics[METRIC])  # last reported epoch, like scope="last"
     best_path = export / "best_config.json"
     best_path.write_text(json.dumps(export_config(best.config), indent=2) + "\n")
     (export / "best_trial.json").write_text(json.dumps(
-        {"trial": best.metrics.get("trial_id"), "path": best.path, "metrics": {k: best.metrics.get(k) for k in ("epoch", "SRCC", "PCC", "Acc5", "Acc10")},
+        {"trial": best.metrics.get("trial_id"), "path": best.path, "complete_sweep": not unfinished,
+         "metrics": {k: best.metrics.get(k) for k in ("epoch", "SRCC", "PCC", "Acc5", "Acc10")},
          "sweep": {k: best.config["base"][k] for k in SWEEP_ONLY if k != "out"}}, indent=2) + "\n")
-    print(f"\nbest config -> {best_path}  (python -m s2cnet.train --config {best_path})")
+    print(f"\nbest config{' so far' if unfinished else ''} -> {best_path}  (python -m s2cnet.train --config {best_path})")
     print(f"leaderboard -> {export / 'leaderboard.csv'}")
     out["best_config"] = best_path
     return out
