@@ -38,11 +38,12 @@ def load_cropper(settings: Settings) -> Cropper:
         torch.manual_seed(0)  # every replica gets the same untrained model, so answers agree
         model = S2CNet()
         proposer = None
-        if settings.proposals:  # same compute as the real proposer (saliency net + faces), untrained
-            from s2cnet.proposals import FaceDetector, SaliencyProposer
+        if settings.proposals:  # the real proposer when its weights exist, else the same net untrained
+            from s2cnet.proposals import SALIENCY_WEIGHTS, FaceDetector, SaliencyProposer, default_proposer
             from s2cnet.saliency import SaliencyNet
 
-            proposer = SaliencyProposer(SaliencyNet().eval(), faces=FaceDetector())
+            proposer = (default_proposer() if SALIENCY_WEIGHTS.exists()
+                        else SaliencyProposer(SaliencyNet().eval(), faces=FaceDetector()))
         return Cropper(model, proposer=proposer, model_version="untrained-seed0")
     return Cropper.from_pretrained(settings.weights or None, proposer="default" if settings.proposals else None)
 
