@@ -96,6 +96,7 @@ class JobConfig:
     progress: bool = True
     ray_address: str | None = None  # None: $RAY_ADDRESS, a running local cluster, or a new local one
     forward_aws_env: bool = True  # pass the driver's AWS_* variables (if any) to the workers
+    wait_for_actors_s: float | None = None  # start only once the whole pool is up (None: start with the first)
     fail_once_marker: str | None = None
 
 
@@ -318,12 +319,14 @@ def run(cfg: JobConfig) -> Summary:
         raise OutputExistsError(f"{cfg.output} already holds crops of {len(done)} photos: "
                                 "pass --resume to add only what is missing, or --overwrite to start again")
     work, skipped = plan(files, done, ratios, cfg.limit)
-    start = time.perf_counter()
+    if work and not ray.is_initialized():
+        ray.init(address=cfg.ray_address)
+    start = time.perf_counter()  # photos/s counts actor start-up, cropping and writing, not Ray's own start
     if work:
-        if not ray.is_initialized():
-            ray.init(address=cfg.ray_address)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = cfg.progress
+        if cfg.wait_for_actors_s:
+            ctx.wait_for_min_actors_s = int(cfg.wait_for_actors_s)
         actors, gpus = _resources(cfg)
         spec = WorkerSpec(input_uri=cfg.input, endpoint_url=cfg.endpoint_url, model=cfg.model,
                           max_bytes=cfg.max_bytes, thumbnails=cfg.thumbnails,

@@ -41,6 +41,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--untrained-ok", action="store_true", help="development: random weights if none exist")
     p.add_argument("--max-pixels", type=int, default=64_000_000, help="larger photos become error rows")
     p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, a running local cluster, or new)")
+    p.add_argument("--wait-for-actors", type=float, metavar="SECONDS",
+                   help="start cropping only once all actors are up (default: as soon as one is)")
     p.add_argument("--no-forward-aws-env", action="store_true",
                    help="do not pass this shell's AWS_* variables to the Ray workers")
     p.add_argument("--summary-json", help="also write the summary as JSON here")
@@ -80,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
                         batch_size=args.batch_size, limit=args.limit, resume=args.resume, overwrite=args.overwrite,
                         model=ModelSpec(args.weights, not args.no_proposals, args.untrained_ok),
                         max_pixels=args.max_pixels, progress=not args.no_progress, ray_address=args.address,
-                        forward_aws_env=not args.no_forward_aws_env)
+                        forward_aws_env=not args.no_forward_aws_env, wait_for_actors_s=args.wait_for_actors)
         try:
             summary = run(cfg)
         except OutputExistsError as e:

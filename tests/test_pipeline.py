@@ -43,8 +43,14 @@ def bucket(local_s3, files):
     client = local_s3.client()
     for key, (data, _) in files.items():
         client.put_object(Bucket=BUCKET, Key=key, Body=data)
+    saved = {k: os.environ.get(k) for k in local_s3.env()}
     os.environ.update(local_s3.env())  # the driver's AWS_* settings are forwarded to the workers
-    return local_s3
+    yield local_s3
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 def job(store, out: str, model, **kw) -> JobConfig:
