@@ -32,6 +32,12 @@ def load_cropper(settings: Settings) -> Cropper:
     import torch
 
     torch.set_num_threads(max(1, settings.torch_threads))
+    try:  # the face detector's OpenCV pool too: a replica owns num_cpus cores, not the machine
+        import cv2
+
+        cv2.setNumThreads(max(1, settings.torch_threads))
+    except ImportError:
+        pass
     if settings.weights == "random":
         from s2cnet.model import S2CNet
 
