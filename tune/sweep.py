@@ -201,9 +201,10 @@ def leaderboard(grid) -> list[dict]:
                "epochs": m.get("epoch", 0), "SRCC": m.get("SRCC", math.nan), "Acc5": m.get("Acc5", math.nan),
                "Acc10": m.get("Acc10", math.nan), "resumed_at": m.get("start_epoch", 0),
                "status": "ERROR" if r.error else "ok"}
-        first = [h for h in history(r) if h.get("epoch") == 1]
-        row["SRCC_e1"] = first[0]["SRCC"] if first else math.nan
-        row["Acc5_e1"] = first[0]["Acc5"] if first else math.nan
+        epochs = {h["epoch"]: h for h in history(r) if "epoch" in h}
+        row["SRCC_e1"] = epochs[1]["SRCC"] if 1 in epochs else math.nan
+        row["Acc5_e1"] = epochs[1]["Acc5"] if 1 in epochs else math.nan
+        row["srcc_by_epoch"] = {e: h["SRCC"] for e, h in epochs.items()}
         rows.append(row)
     draws: dict[tuple, int] = {}
     for row in sorted(rows, key=lambda x: x["trial"]):  # trials sharing every other hyperparameter = one draw
@@ -220,9 +221,17 @@ def _others(row: dict) -> tuple:
                  for k in MODEL_KEYS + TRAIN_KEYS if k != "edge_strategy")
 
 
+def _paired_gap(a: dict, b: dict) -> float:
+    """SRCC of a minus b at the last epoch both trials reached (ASHA may have stopped either)."""
+    ha, hb = a.get("srcc_by_epoch") or {1: a["SRCC_e1"]}, b.get("srcc_by_epoch") or {1: b["SRCC_e1"]}
+    common = set(ha) & set(hb)
+    return ha[max(common)] - hb[max(common)] if common else math.nan
+
+
 def edge_summary(rows: list[dict]) -> list[dict]:
     """Per edge strategy: best final SRCC, means at epoch 1 (every trial gets there under ASHA), and
-    the paired gap at epoch 1 to DisEmb over draws that share all other hyperparameters."""
+    paired gaps to DisEmb over draws that share all other hyperparameters (at epoch 1, and at the
+    last epoch both trials of a pair reached), with the standard error of the latter."""
     groups: dict[tuple, dict[str, dict]] = {}
     for r in rows:
         groups.setdefault(_others(r), {})[r["edge_strategy"]] = r
@@ -231,13 +240,19 @@ def edge_summary(rows: list[dict]) -> list[dict]:
         mine = [r for r in rows if r["edge_strategy"] == s and not math.isnan(r["SRCC_e1"])]
         if not mine:
             continue
-        gaps = [g[s]["SRCC_e1"] - g["disemb"]["SRCC_e1"] for g in groups.values() if s in g and "disemb" in g]
+        pairs = [g for g in groups.values() if s in g and "disemb" in g]
+        gaps = [g[s]["SRCC_e1"] - g["disemb"]["SRCC_e1"] for g in pairs]
+        late = [x for x in (_paired_gap(g[s], g["disemb"]) for g in pairs) if not math.isnan(x)]
+        late_mean = sum(late) / len(late) if late else math.nan
+        late_se = (math.sqrt(sum((x - late_mean) ** 2 for x in late) / (len(late) - 1) / len(late))
+                   if len(late) > 1 else math.nan)
         full = [r["SRCC"] for r in mine if r["epochs"] == max(x["epochs"] for x in rows)]
         out.append({"edge_strategy": s, "trials": len(mine), "best_SRCC": max(r["SRCC"] for r in mine),
                     "trials_full": len(full), "mean_SRCC_full": sum(full) / len(full) if full else math.nan,
                     "mean_SRCC_e1": sum(r["SRCC_e1"] for r in mine) / len(mine),
                     "mean_Acc5_e1": sum(r["Acc5_e1"] for r in mine) / len(mine),
-                    "paired_gap_e1_vs_disemb": sum(gaps) / len(gaps) if gaps else math.nan, "pairs": len(gaps)})
+                    "paired_gap_e1_vs_disemb": sum(gaps) / len(gaps) if gaps else math.nan,
+                    "paired_gap_last_vs_disemb": late_mean, "gap_last_se": late_se, "pairs": len(gaps)})
     return out
 
 
@@ -272,7 +287,7 @@ def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
 LEADERBOARD_COLUMNS = ["rank", "trial", "draw", *MODEL_KEYS, *TRAIN_KEYS, "epochs", "SRCC", "Acc5", "Acc10", "SRCC_e1",
                        "Acc5_e1", "resumed_at", "status"]
 SUMMARY_COLUMNS = ["edge_strategy", "trials", "best_SRCC", "trials_full", "mean_SRCC_full", "mean_SRCC_e1",
-                   "mean_Acc5_e1", "paired_gap_e1_vs_disemb", "pairs"]
+                   "mean_Acc5_e1", "paired_gap_e1_vs_disemb", "paired_gap_last_vs_disemb", "gap_last_se", "pairs"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
