@@ -75,9 +75,10 @@ def test_boxes_are_in_the_images_own_pixels(cropper: Cropper, cat: Image.Image) 
     small = cropper.score(cat, boxes, objects=NO_OBJECTS)
     big_img = cat.resize((cat.width * 2, cat.height * 2), Image.BICUBIC)
     big = cropper.score(big_img, boxes * 2, objects=NO_OBJECTS)
-    assert np.corrcoef(small, big)[0, 1] > 0.99 and np.abs(small - big).max() < 0.1 * small.std()
+    # resampling the photo moves trained scores a little (measured 0.14 std), never like wrong boxes do
+    assert np.corrcoef(small, big)[0, 1] > 0.99 and np.abs(small - big).max() < 0.25 * small.std()
     unscaled = cropper.score(big_img, boxes, objects=NO_OBJECTS)  # control: wrong coordinates score differently
-    assert np.abs(small - unscaled).max() > 0.1 * small.std()
+    assert np.abs(small - unscaled).max() > 1.0 * small.std()
 
 
 @pytest.mark.parametrize("size", [None, (97, 640), (1200, 180)])
