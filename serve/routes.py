@@ -127,7 +127,8 @@ def build_app(service: CropService, crop: CropFn | None = None) -> FastAPI:
         image = (await asyncio.to_thread(service.decode, obj.data, True)).image
         box = service.cached_box(key, obj.etag, ratio)
         if box is None:
-            box = (await best_crops(image, image.size, [ratio]))[0][0].box
+            # the cropper decodes the bytes itself, exactly as for POST /v1/crops: same photo, same box
+            box = (await best_crops(obj.data, image.size, [ratio]))[0][0].box
             service.remember_box(key, obj.etag, ratio, box)
         data = await asyncio.to_thread(service.render_thumbnail, image, box, ratio, width, format)
         return Response(data, media_type=media_type, headers=headers)
