@@ -147,7 +147,7 @@ def main() -> None:
         for k, v in photos.items():
             client.put_object(Bucket="bench", Key=k, Body=v)
         ray.init(num_cpus=args.cpus, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
-                 runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}})
+                 runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), **store.env()}})
         runs = {}
         for thumbs in (False, True):
             summary, peak, actor_peak = pipeline(store, spec, args, thumbs)

@@ -15,6 +15,7 @@ import collections
 import math
 import os
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ class ModelSpec:
         if not path.exists():
             if not self.untrained_ok:
                 raise FileNotFoundError(f"no S2CNet weights at {path} (pass --weights PATH)")
+            warnings.warn(f"no S2CNet weights at {path}: using a seeded random-weight model (demo only)")
             torch.manual_seed(0)  # every actor must score with the same random model
             return Cropper(S2CNet(), proposer=None)
         if self.proposals:
@@ -54,6 +56,7 @@ class ModelSpec:
             except (ImportError, FileNotFoundError) as e:
                 if not self.untrained_ok:
                     raise RuntimeError(f"object proposals unavailable ({e}); pass --no-proposals") from e
+                warnings.warn(f"object proposals unavailable ({e}): scoring without object nodes")
         return Cropper.from_pretrained(path, proposer=None)
 
 

@@ -59,9 +59,8 @@ def write_contact_sheet(output: Location, source: Location, html_path: str | Pat
         good = [r for r in krows if r["x1"] is not None]
         if not good:
             continue
-        src_path = source.join(key) if source.is_s3 or not Path(source.root).is_file() else source.root
         try:
-            image = load_image(read_bytes(src_fs, src_path))
+            image = load_image(read_bytes(src_fs, source.path_of(key)))
         except Exception as e:  # the photo changed since the run: show what we can
             errors.append(f"<tr><td>{html.escape(key)}</td><td>sheet</td><td>{html.escape(str(e))}</td></tr>")
             continue

@@ -29,13 +29,14 @@ def run_demo(workdir: str | Path = "ugc-crop-demo", ratios: list[str] | None = N
     store = start_local_s3(buckets=[BUCKET])  # a temporary data dir, removed by stop()
     print(f"local S3 (SeaweedFS) at {store.endpoint_url}, data in {store.data_dir}")
     try:
-        os.environ.update(store.env())  # the Ray workers started below inherit the credentials
+        os.environ.update(store.env())  # for this driver; the workers get them from the job's runtime_env
         client = store.client()
         photos = {**sample_photos(), **BROKEN}
         for name, data in tqdm(sorted(photos.items()), desc="upload", unit="photo"):
             client.put_object(Bucket=BUCKET, Key=f"uploads/{name}", Body=data)
         if not ray.is_initialized():
-            ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+            ray.init(address="local", include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+                     runtime_env={"env_vars": store.env()})
         cfg = JobConfig(input=f"s3://{BUCKET}/uploads/", output=f"s3://{BUCKET}/crops/",
                         thumbnails=f"s3://{BUCKET}/thumbs/", endpoint_url=store.endpoint_url,
                         model=ModelSpec(untrained_ok=True), overwrite=True, **(cfg_overrides or {}))

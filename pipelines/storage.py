@@ -48,6 +48,13 @@ class Location:
     def join(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *(p.strip("/") for p in parts)])
 
+    def path_of(self, key: str) -> str:
+        """The filesystem path of an input key (the inverse of ``list_inputs``' naming)."""
+        if self.is_s3:
+            return f"{self.root.split('/', 1)[0]}/{key}"
+        root = Path(self.root)
+        return str(root) if root.is_file() else str(root / key)
+
 
 @dataclass(frozen=True)
 class InputFile:

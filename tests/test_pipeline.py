@@ -168,6 +168,19 @@ def test_thumbnails_are_jpegs_named_by_key_and_ratio(full_run, bucket):
     assert listed == len(ok)
 
 
+def test_contact_sheet_shows_every_cropped_photo_and_every_error(full_run, bucket, tmp_path):
+    from pipelines.contact_sheet import write_contact_sheet
+
+    cfg, _, rows = full_run
+    sheet = write_contact_sheet(Location(cfg.output, bucket.endpoint_url), Location(cfg.input, bucket.endpoint_url),
+                                tmp_path / "sheet.html", thumbnails=Location(cfg.thumbnails, bucket.endpoint_url))
+    page = sheet.read_text()
+    cropped = {r["key"] for r in rows if r["x1"] is not None}
+    assert page.count("<section>") == len(cropped)
+    assert page.count("data:image/jpeg;base64,") == len(cropped) + sum(r["x1"] is not None for r in rows)
+    assert f"Errors ({sum(r['error'] is not None for r in rows)})" in page  # nothing failed while drawing
+
+
 def test_rerun_refuses_and_resume_adds_nothing(full_run, bucket, model):
     cfg, _, rows = full_run
     with pytest.raises(OutputExistsError):
