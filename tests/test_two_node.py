@@ -60,7 +60,7 @@ def _stop(temp_dirs: list[Path]) -> None:
             p.send_signal(signal.SIGTERM)
         except psutil.Error:
             pass
-    _, alive = psutil.wait_procs(procs, timeout=20)
+    _, alive = psutil.wait_procs(procs, timeout=10)
     for p in alive:
         try:
             p.kill()
