@@ -9,7 +9,6 @@ multiples of the reduced W:H, so exact to the pixel) at several scales, slid ove
 from __future__ import annotations
 
 from dataclasses import dataclass
-from fractions import Fraction
 from math import gcd
 import re
 
@@ -85,8 +84,3 @@ def candidates(width: int, height: int, ratio: str | None = None, grid: GridConf
     if width < 1 or height < 1:
         raise ValueError(f"image size must be positive, got {width}x{height}")
     return free_candidates(width, height, grid) if ratio is None else fixed_candidates(width, height, ratio, grid)
-
-
-def ratio_value(ratio: str) -> Fraction:
-    a, b = parse_ratio(ratio)
-    return Fraction(a, b)

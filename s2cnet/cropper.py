@@ -15,12 +15,11 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from s2cnet.candidates import GridConfig, candidates
 from s2cnet.imageio import LoadedImage, open_image
 from s2cnet.model import S2CNet, S2CNetConfig
-from s2cnet.transforms import resize_shape, to_tensor
+from s2cnet.transforms import model_input
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "s2cnet.pt"
@@ -34,12 +33,16 @@ class Crop:
     cut_objects: list[tuple[int, int, int, int]] = field(default_factory=list)  # object boxes the crop cuts through
 
 
+def model_config(checkpoint: dict) -> dict:
+    """The S2CNetConfig dict of a shipped file, or of a train.py checkpoint (model fields nested)."""
+    config = checkpoint["config"]
+    return config["model"] if isinstance(config.get("model"), dict) else config
+
+
 def load_checkpoint(path: str | Path) -> tuple[S2CNet, dict]:
     """A checkpoint is {'model': state_dict, 'config': S2CNetConfig dict, ...}; fp16 tensors are widened."""
     ck = torch.load(path, map_location="cpu", weights_only=True)
-    config = ck["config"]
-    config = config["model"] if isinstance(config.get("model"), dict) else config  # train.py's last.pt
-    model = S2CNet(S2CNetConfig.from_dict(config))
+    model = S2CNet(S2CNetConfig.from_dict(model_config(ck)))
     model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["model"].items()})
     model.eval()
     return model, ck
@@ -79,12 +82,9 @@ class Cropper:
 
     def _features(self, loaded: LoadedImage) -> tuple[torch.Tensor, np.ndarray]:
         """One backbone pass, and the scale from full-size pixels to model-input pixels."""
-        w0, h0 = loaded.original_size
-        w, h = resize_shape(w0, h0, self.short_side)
-        x = to_tensor(loaded.image.resize((w, h), Image.BILINEAR))[None]
+        x, scale = model_input(loaded.image, loaded.original_size, self.short_side)
         with torch.no_grad():
-            feat = self.model.features(x)
-        return feat, np.array([w / w0, h / h0, w / w0, h / h0], np.float32)
+            return self.model.features(x), scale
 
     def _objects(self, loaded: LoadedImage, objects) -> np.ndarray:
         if objects is not None:
@@ -103,10 +103,6 @@ class Cropper:
         return self.model.score_crops(feat, crops_t, objs_t, float(w), float(h)).numpy()
 
     # -- public API -------------------------------------------------------------------------------
-    def objects(self, image) -> np.ndarray:
-        """The object nodes the proposer finds: [M, 4] x1,y1,x2,y2 in full-size upright pixels."""
-        return self._objects(self._load(image), None)
-
     def score(self, image, boxes, objects=None) -> np.ndarray:
         """Scores [N] (higher is better) for boxes [N, 4] x1,y1,x2,y2 in ``image``'s pixels.
 

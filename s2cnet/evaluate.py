@@ -23,7 +23,7 @@ from s2cnet.cropper import DEFAULT_WEIGHTS, WEIGHTS_DIR, load_checkpoint
 from s2cnet.data import GAICD
 from s2cnet.metrics import METRIC_COLUMNS, average_metrics, image_metrics
 from s2cnet.model import S2CNet
-from s2cnet.transforms import resize_shape, to_tensor
+from s2cnet.transforms import model_input
 
 # A scorer maps (original image, crops [N,4], paper objects [M,4]) to scores [N].
 Scorer = Callable[[Image.Image, np.ndarray, np.ndarray], np.ndarray]
@@ -65,16 +65,13 @@ def network_scorer(model: S2CNet, objects: str = "paper", proposer=None, short_s
 
     @torch.no_grad()
     def score(image: Image.Image, crops: np.ndarray, paper_objects: np.ndarray) -> np.ndarray:
-        w0, h0 = image.size
-        w, h = resize_shape(w0, h0, short_side)
-        scale = np.array([w / w0, h / h0, w / w0, h / h0], np.float32)
         if objects == "paper":
             objs = paper_objects
         elif objects == "proposed":
             objs = np.asarray(proposer(image), np.float32).reshape(-1, 4)
         else:
             objs = np.zeros((0, 4), np.float32)
-        x = to_tensor(image.resize((w, h), Image.BILINEAR))[None]
+        x, scale = model_input(image, image.size, short_side)
         pred = model(x, torch.from_numpy(crops * scale), torch.from_numpy(objs * scale))
         return pred.numpy()
 

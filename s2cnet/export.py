@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from s2cnet.cropper import model_config
+
 
 def _half(state: dict) -> dict:
     return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
@@ -22,8 +24,7 @@ def _half(state: dict) -> dict:
 def export_model(checkpoint: str | Path, out: str | Path, card: dict | None = None) -> None:
     """A train.py checkpoint (final.pt or last.pt) -> {'model', 'config'} plus a JSON card beside it."""
     ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    config = ck["config"]
-    config = config["model"] if isinstance(config.get("model"), dict) else config
+    config = model_config(ck)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": _half(ck["model"]), "config": config}, out)

@@ -30,6 +30,17 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return (x - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None]
 
 
+def model_input(image: Image.Image, original_size: tuple[int, int], short_side: int = 256) -> tuple[torch.Tensor, np.ndarray]:
+    """The network's [1, 3, H, W] input and the x1,y1,x2,y2 scale from full-size to input pixels.
+
+    ``image`` may be a reduced decode (JPEG draft) of a photo whose full upright size is ``original_size``.
+    """
+    w0, h0 = original_size
+    w, h = resize_shape(w0, h0, short_side)
+    x = to_tensor(image.resize((w, h), Image.BILINEAR))[None]
+    return x, np.array([w / w0, h / h0, w / w0, h / h0], np.float32)
+
+
 def photometric_jitter(x: torch.Tensor, rng: random.Random) -> torch.Tensor:
     """Brightness, contrast and saturation jitter on an unnormalised [3, H, W] tensor in 0..1."""
     x = x * rng.uniform(0.75, 1.25)
