@@ -20,7 +20,7 @@ from scipy import ndimage
 from torchvision.ops import nms
 
 from s2cnet.saliency import SaliencyNet
-from s2cnet.transforms import resize_shape, to_tensor
+from s2cnet.transforms import model_input
 
 SALIENCY_WEIGHTS = Path(__file__).parent / "weights" / "saliency.pt"
 
@@ -72,8 +72,8 @@ class SaliencyProposer:
     @torch.no_grad()
     def saliency_map(self, image: Image.Image) -> np.ndarray:
         """Saliency probabilities at stride 16 of the resized image -> [h, w] in 0..1."""
-        w, h = resize_shape(image.width, image.height, self.short_side)
-        logits = self.net(to_tensor(image.resize((w, h), Image.BILINEAR))[None])
+        x, _ = model_input(image, image.size, self.short_side)
+        logits = self.net(x)
         return torch.sigmoid(logits)[0, 0].numpy()
 
     def boxes_from_map(self, sal: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
