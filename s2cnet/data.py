@@ -44,13 +44,15 @@ def hflip_boxes(boxes: torch.Tensor, width: float) -> torch.Tensor:
 
 class GAICD(torch.utils.data.Dataset):
     def __init__(self, root: str | Path, split: str, augment: bool = False, short_side: int = 256,
-                 use_objects: bool = True, seed: int = 0, ids: list[str] | None = None) -> None:
+                 use_objects: bool = True, seed: int = 0, ids: list[str] | None = None,
+                 scale_jitter: tuple[int, ...] = ()) -> None:
         self.root = Path(root)
         if not (self.root / "split.json").exists():
             raise FileNotFoundError(f"GAICD not found at {self.root} (expected split.json, images/, annotations/)")
         self.ids = ids if ids is not None else json.loads((self.root / "split.json").read_text())[split]
         self.augment, self.short_side, self.use_objects = augment, short_side, use_objects
         self.rng = random.Random(seed)
+        self.scale_jitter = tuple(scale_jitter)  # short sides to draw from when augmenting (multi-scale training)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -67,7 +69,8 @@ class GAICD(torch.utils.data.Dataset):
         image_id = self.ids[i]
         image, crops, mos, objects = self.load_raw(image_id)
         w0, h0 = image.size
-        w, h = resize_shape(w0, h0, self.short_side)
+        short_side = self.rng.choice(self.scale_jitter) if self.augment and self.scale_jitter else self.short_side
+        w, h = resize_shape(w0, h0, short_side)
         image = image.resize((w, h), Image.BILINEAR)
         scale = np.array([w / w0, h / h0, w / w0, h / h0], np.float32)
         crops_t = torch.from_numpy(crops * scale)

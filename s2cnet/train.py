@@ -43,6 +43,8 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
     progress_every: int = 100  # steps between progress lines (0: epoch lines only)
+    swa_from: int | None = None  # average the weights of every epoch end from this epoch on (SWA); final.pt holds the average
+    scale_jitter: list[int] = field(default_factory=list)  # training short sides drawn per step, e.g. [224, 256, 288]
     model: S2CNetConfig = field(default_factory=S2CNetConfig)
 
     @classmethod
@@ -102,7 +104,7 @@ def train(cfg: TrainConfig, report=None) -> dict[str, float]:
     out.mkdir(parents=True, exist_ok=True)
     train_ids, val_ids = split_train_val(cfg.data, cfg.val_size, cfg.seed)
     train_ids = train_ids[: cfg.limit] if cfg.limit else train_ids
-    train_set = GAICD(cfg.data, "train", augment=True, seed=cfg.seed, ids=train_ids)
+    train_set = GAICD(cfg.data, "train", augment=True, seed=cfg.seed, ids=train_ids, scale_jitter=tuple(cfg.scale_jitter))
     val_set = GAICD(cfg.data, "train", ids=val_ids)
 
     model = S2CNet(cfg.model)
@@ -122,11 +124,14 @@ def train(cfg: TrainConfig, report=None) -> dict[str, float]:
         opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
 
     start_epoch, history = 0, []
+    swa: dict[str, torch.Tensor] | None = None
+    swa_count = 0
     ckpt_path = out / "last.pt"
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
         model.load_state_dict(ck["model"]), opt.load_state_dict(ck["opt"]), sched.load_state_dict(ck["sched"])
         start_epoch, history = ck["epoch"] + 1, ck["history"]
+        swa, swa_count = ck.get("swa"), ck.get("swa_count", 0)
         torch.set_rng_state(ck["torch_rng"])
         print(f"resumed from {ckpt_path} at epoch {start_epoch}", flush=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
@@ -155,14 +160,37 @@ def train(cfg: TrainConfig, report=None) -> dict[str, float]:
         val = evaluate_on(model, val_set)
         row = {"epoch": epoch, **{k: float(np.mean([l[k] for l in logs])) for k in logs[0]},
                "val_SRCC": val["SRCC"], "val_Acc5": val["Acc5"], "val_Acc10": val["Acc10"], "seconds": time.time() - t0}
+        if cfg.swa_from is not None and epoch >= cfg.swa_from:
+            swa, swa_count = update_average(swa, swa_count, model.state_dict())
+            row["swa_epochs"] = swa_count
         history.append(row)
         print(" ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()), flush=True)
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "epoch": epoch,
-                    "history": history, "torch_rng": torch.get_rng_state(), "config": asdict(cfg)}, ckpt_path)
+                    "history": history, "torch_rng": torch.get_rng_state(), "config": asdict(cfg),
+                    "swa": swa, "swa_count": swa_count}, ckpt_path)
         if report is not None:
             report(epoch, val, ckpt_path)
+    if swa is not None and history and "swa_val_SRCC" not in history[-1]:
+        model.load_state_dict(swa)
+        val = evaluate_on(model, val_set)
+        history[-1].update({"swa_val_SRCC": val["SRCC"], "swa_val_Acc5": val["Acc5"], "swa_val_Acc10": val["Acc10"]})
+        print(f"weight average of {swa_count} epochs: val_SRCC {val['SRCC']:.4f} val_Acc5 {val['Acc5']:.2f} "
+              f"val_Acc10 {val['Acc10']:.2f}", flush=True)
+    elif swa is not None:
+        model.load_state_dict(swa)
     torch.save({"model": model.state_dict(), "config": asdict(cfg.model), "history": history}, out / "final.pt")
     return history[-1] if history else {}
+
+
+def update_average(avg: dict[str, torch.Tensor] | None, count: int,
+                   state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
+    """Running mean of weights (SWA): flatter minima than the last epoch's, for free, since BatchNorm is frozen."""
+    if avg is None:
+        return {k: v.detach().clone() for k, v in state.items()}, 1
+    for k, v in state.items():
+        if v.is_floating_point():
+            avg[k].mul_(count / (count + 1)).add_(v.detach(), alpha=1 / (count + 1))
+    return avg, count + 1
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
@@ -171,7 +199,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     for f in fields(TrainConfig):
         if f.name == "model":
             continue
-        kind = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true", "yes")}.get(str(f.type).split(" ")[0], str)
+        kind = {"int": int, "float": float, "bool": lambda v: v.lower() in ("1", "true", "yes"),
+                "list[int]": lambda v: [int(x) for x in v.split(",")]}.get(str(f.type).split(" ")[0], str)
         ap.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=None)
     ap.add_argument("--model", action="append", default=[], metavar="KEY=VALUE", help="S2CNetConfig override, repeatable")
     args = ap.parse_args(argv)
