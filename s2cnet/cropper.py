@@ -8,10 +8,12 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -39,6 +41,22 @@ def model_config(checkpoint: dict) -> dict:
     return config["model"] if isinstance(config.get("model"), dict) else config
 
 
+def native_bf16() -> bool:
+    """True when this CPU computes bfloat16 matmuls natively (else autocast would be slower)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def inference_copy(model: S2CNet) -> S2CNet:
+    """An eval copy for CPU inference: BatchNorm folded into the convs and a channels-last backbone,
+    about twice as fast as the training layout; the caller's model is left untouched."""
+    model = copy.deepcopy(model).eval()
+    model.backbone.fold_batchnorm().to(memory_format=torch.channels_last)
+    return model
+
+
 def load_checkpoint(path: str | Path) -> tuple[S2CNet, dict]:
     """A checkpoint is {'model': state_dict, 'config': S2CNetConfig dict, ...}; fp16 tensors are widened."""
     ck = torch.load(path, map_location="cpu", weights_only=True)
@@ -50,9 +68,14 @@ def load_checkpoint(path: str | Path) -> tuple[S2CNet, dict]:
 
 class Cropper:
     def __init__(self, model: S2CNet, proposer=None, short_side: int = 256, grid: GridConfig = GridConfig(),
-                 model_version: str = "untrained", integrity_margin: float = 0.1, protected_objects: int = 3) -> None:
-        self.model = model.eval()
+                 model_version: str = "untrained", integrity_margin: float = 0.1, protected_objects: int = 3,
+                 bf16: bool | None = None) -> None:
+        self.model = inference_copy(model)
         self.proposer = proposer
+        self._pool: ThreadPoolExecutor | None = None  # one worker: face detection beside the backbone
+        # The graph head's matmuls in bfloat16 where the CPU has native bf16 (AVX512-BF16/AMX): ~1.6x
+        # faster scoring, ranking unchanged on GAICD (see README); None picks it from the hardware.
+        self.bf16 = native_bf16() if bf16 is None else bf16
         self.short_side = short_side
         self.grid = grid
         self.model_version = model_version
@@ -67,12 +90,12 @@ class Cropper:
         path = Path(path) if path is not None else DEFAULT_WEIGHTS
         if not path.exists():
             raise FileNotFoundError(f"no S2CNet weights at {path}")
-        model, _ = load_checkpoint(path)
+        model, ck = load_checkpoint(path)
         version = f"s2cnet-{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
         if proposer == "default":
             from s2cnet.proposals import default_proposer
 
-            proposer = default_proposer()
+            proposer = default_proposer(head_state=ck.get("saliency_head"))
         return cls(model, proposer=proposer, model_version=version, **kwargs)
 
     # -- internals -------------------------------------------------------------------------------
@@ -80,27 +103,50 @@ class Cropper:
         """Decode no larger than the model needs (JPEG draft mode); boxes stay in full-size pixels."""
         return open_image(src, target_short_side=self.short_side)
 
-    def _features(self, loaded: LoadedImage) -> tuple[torch.Tensor, np.ndarray]:
-        """One backbone pass, and the scale from full-size pixels to model-input pixels."""
+    def _features(self, loaded: LoadedImage) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+        """One backbone pass -> (reduced map for the crops, fused map for a sharing proposer, scale
+        from full-size pixels to model-input pixels)."""
         x, scale = model_input(loaded.image, loaded.original_size, self.short_side)
         with torch.no_grad():
-            return self.model.features(x), scale
+            fused = self.model.backbone.fused(x.contiguous(memory_format=torch.channels_last))
+            return self.model.backbone.reduce(fused), fused, scale
 
-    def _objects(self, loaded: LoadedImage, objects) -> np.ndarray:
+    def _start_objects(self, loaded: LoadedImage, objects) -> Future | np.ndarray | None:
+        """Given objects as an array; else starts the proposer's image-only stage on the worker thread."""
         if objects is not None:
             return np.asarray(objects, np.float32).reshape(-1, 4)
         if self.proposer is None:
             return np.zeros((0, 4), np.float32)
+        prepare = getattr(self.proposer, "prepare", None)
+        if prepare is None:
+            return None
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="s2cnet-proposals")
+        return self._pool.submit(prepare, loaded.image)
+
+    def _finish_objects(self, loaded: LoadedImage, started, fused: torch.Tensor) -> np.ndarray:
+        """Object boxes in full-size pixels."""
+        if isinstance(started, np.ndarray):
+            return started
+        if started is None:
+            boxes = self.proposer(loaded.image)
+        elif getattr(self.proposer, "shares_backbone", False):
+            boxes = self.proposer(loaded.image, fused=fused, faces=started.result())
+        else:
+            boxes = self.proposer(loaded.image, faces=started.result())
         sx, sy = loaded.scale
-        boxes = np.asarray(self.proposer(loaded.image), np.float32).reshape(-1, 4)
-        return boxes * np.array([sx, sy, sx, sy], np.float32)
+        return np.asarray(boxes, np.float32).reshape(-1, 4) * np.array([sx, sy, sx, sy], np.float32)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_pool": None}  # threads do not pickle; a copy starts its own
 
     @torch.no_grad()
     def _score(self, feat: torch.Tensor, scale: np.ndarray, boxes: np.ndarray, objects: np.ndarray) -> np.ndarray:
         h, w = feat.shape[-2] * 16, feat.shape[-1] * 16
         crops_t = torch.from_numpy(np.asarray(boxes, np.float32) * scale)
         objs_t = torch.from_numpy(objects * scale)
-        return self.model.score_crops(feat, crops_t, objs_t, float(w), float(h)).numpy()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            return self.model.score_crops(feat, crops_t, objs_t, float(w), float(h)).float().numpy()
 
     # -- public API -------------------------------------------------------------------------------
     def score(self, image, boxes, objects=None) -> np.ndarray:
@@ -112,8 +158,9 @@ class Cropper:
         loaded = self._load(image)
         if len(boxes) == 0:
             return np.zeros(0, np.float32)
-        feat, scale = self._features(loaded)
-        return self._score(feat, scale, boxes, self._objects(loaded, objects))
+        started = self._start_objects(loaded, objects)
+        feat, fused, scale = self._features(loaded)
+        return self._score(feat, scale, boxes, self._finish_objects(loaded, started, fused))
 
     def crop(self, image, ratios: Sequence[str] | None = None, objects=None) -> list[Crop]:
         """Best crop per ratio (one result per ratio, in order); ratios=None: the best free-ratio crop."""
@@ -122,24 +169,37 @@ class Cropper:
     def crop_batch(self, images: Sequence, ratios: Sequence[str] | None = None, objects=None) -> list[list[Crop]]:
         """One backbone pass per image serves every ratio; each image's result list follows ``ratios``.
 
-        Raises on the first unreadable image; callers that must not lose the rest (the pipeline,
-        the service) call ``crop`` per image or catch ``ImageLoadError`` themselves.
+        Photos are pipelined: while one photo's backbone and scoring run, the worker thread finds the
+        next photo's faces. Raises on the first unreadable image; callers that must not lose the rest
+        (the pipeline, the service) call ``crop`` per image or catch ``ImageLoadError`` themselves.
         """
-        return [self.analyse(src, ratios, None if objects is None else objects[i]).crops for i, src in enumerate(images)]
+        per_image = [None] * len(images) if objects is None else list(objects)
+        return [a.crops for a in self._analyses(images, ratios, per_image)]
 
-    def analyse(self, image, ratios: Sequence[str] | None = None, objects=None) -> "Analysis":
+    def analyse(self, image, ratios: Sequence[str] | None = None, objects=None) -> Analysis:
         """Everything behind a crop decision: candidates and their scores per ratio, the object nodes."""
-        loaded = self._load(image)
-        w, h = loaded.original_size
+        return next(self._analyses([image], ratios, [objects]))
+
+    def _analyses(self, images: Sequence, ratios: Sequence[str] | None, objects: list) -> Iterator[Analysis]:
         keys = [None] if ratios is None else list(ratios)
-        per_ratio = [candidates(w, h, r, self.grid) for r in keys]  # bad ratios fail before any model work
-        feat, scale = self._features(loaded)
-        objs = self._objects(loaded, objects)
-        scores = self._score(feat, scale, np.concatenate(per_ratio), objs)
-        splits = np.cumsum([len(b) for b in per_ratio])[:-1]
-        per_scores = np.split(scores, splits)
-        crops = [self._choose(r, b, s, objs) for r, b, s in zip(keys, per_ratio, per_scores)]
-        return Analysis((w, h), crops, dict(zip(keys, per_ratio)), dict(zip(keys, per_scores)), objs)
+
+        def begin(i: int) -> tuple[LoadedImage, list[np.ndarray], Future | np.ndarray | None]:
+            loaded = self._load(images[i])
+            w, h = loaded.original_size
+            per_ratio = [candidates(w, h, r, self.grid) for r in keys]  # bad ratios fail before any model work
+            return loaded, per_ratio, self._start_objects(loaded, objects[i])
+
+        upcoming = begin(0) if len(images) else None
+        for i in range(len(images)):
+            loaded, per_ratio, started = upcoming
+            feat, fused, scale = self._features(loaded)
+            if i + 1 < len(images):
+                upcoming = begin(i + 1)  # queues the next photo's faces behind this one's
+            objs = self._finish_objects(loaded, started, fused)
+            scores = self._score(feat, scale, np.concatenate(per_ratio), objs)
+            per_scores = np.split(scores, np.cumsum([len(b) for b in per_ratio])[:-1])
+            crops = [self._choose(r, b, sc, objs) for r, b, sc in zip(keys, per_ratio, per_scores)]
+            yield Analysis(loaded.original_size, crops, dict(zip(keys, per_ratio)), dict(zip(keys, per_scores)), objs)
 
     def _choose(self, ratio: str | None, boxes: np.ndarray, s: np.ndarray, objs: np.ndarray) -> Crop:
         """The best-scoring candidate, unless one almost as good keeps more protected objects whole."""

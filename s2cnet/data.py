@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from s2cnet.imageio import open_image
 from s2cnet.transforms import IMAGENET_MEAN, IMAGENET_STD, photometric_jitter, resize_shape
 
 
@@ -57,21 +58,30 @@ class GAICD(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def load_raw(self, image_id: str) -> tuple[Image.Image, np.ndarray, np.ndarray, np.ndarray]:
-        """Original-resolution image, crops, MOS and objects, as stored."""
-        image = Image.open(self.root / "images" / f"{image_id}.jpg").convert("RGB")
+    def image_path(self, image_id: str) -> Path:
+        return self.root / "images" / f"{image_id}.jpg"
+
+    def load_boxes(self, image_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Crops, MOS and objects in original pixels, as stored."""
         crops, mos = read_yxyx(self.root / "annotations" / f"{image_id}.txt", with_score=True)
         obj_path = self.root / "objects" / f"{image_id}.txt"
         objects = read_yxyx(obj_path, with_score=False)[0] if self.use_objects and obj_path.exists() else np.zeros((0, 4), np.float32)
-        return image, crops, mos, objects
+        return crops, mos, objects
+
+    def load_raw(self, image_id: str) -> tuple[Image.Image, np.ndarray, np.ndarray, np.ndarray]:
+        """Original-resolution image, crops, MOS and objects, as stored."""
+        image = Image.open(self.image_path(image_id)).convert("RGB")
+        return (image, *self.load_boxes(image_id))
 
     def __getitem__(self, i: int) -> Sample:
         image_id = self.ids[i]
-        image, crops, mos, objects = self.load_raw(image_id)
-        w0, h0 = image.size
+        crops, mos, objects = self.load_boxes(image_id)
         short_side = self.rng.choice(self.scale_jitter) if self.augment and self.scale_jitter else self.short_side
+        # Decoded exactly as Cropper decodes uploads (JPEG draft + box reduction): no train/serve skew.
+        loaded = open_image(self.image_path(image_id), target_short_side=short_side)
+        w0, h0 = loaded.original_size
         w, h = resize_shape(w0, h0, short_side)
-        image = image.resize((w, h), Image.BILINEAR)
+        image = loaded.image.resize((w, h), Image.BILINEAR)
         scale = np.array([w / w0, h / h0, w / w0, h / h0], np.float32)
         crops_t = torch.from_numpy(crops * scale)
         objects_t = torch.from_numpy(objects * scale).reshape(-1, 4)

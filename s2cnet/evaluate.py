@@ -19,11 +19,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from s2cnet.cropper import DEFAULT_WEIGHTS, WEIGHTS_DIR, load_checkpoint
+from s2cnet.cropper import DEFAULT_WEIGHTS, WEIGHTS_DIR, Cropper
 from s2cnet.data import GAICD
 from s2cnet.metrics import METRIC_COLUMNS, average_metrics, image_metrics
-from s2cnet.model import S2CNet
-from s2cnet.transforms import model_input
 
 # A scorer maps (original image, crops [N,4], paper objects [M,4]) to scores [N].
 Scorer = Callable[[Image.Image, np.ndarray, np.ndarray], np.ndarray]
@@ -60,20 +58,13 @@ def smartcrop_scorer(analysis_side: int = 256) -> Scorer:
     return score
 
 
-def network_scorer(model: S2CNet, objects: str = "paper", proposer=None, short_side: int = 256) -> Scorer:
-    """objects: 'paper' (GAICD's precomputed boxes), 'none' (no object nodes) or 'proposed' (ours)."""
+def network_scorer(cropper: Cropper, objects: str = "paper") -> Scorer:
+    """objects: 'paper' (GAICD's precomputed boxes), 'none' (no object nodes) or 'proposed' (the
+    cropper's own proposer). Scores go through ``Cropper.score``, the product's own path."""
 
-    @torch.no_grad()
     def score(image: Image.Image, crops: np.ndarray, paper_objects: np.ndarray) -> np.ndarray:
-        if objects == "paper":
-            objs = paper_objects
-        elif objects == "proposed":
-            objs = np.asarray(proposer(image), np.float32).reshape(-1, 4)
-        else:
-            objs = np.zeros((0, 4), np.float32)
-        x, scale = model_input(image, image.size, short_side)
-        pred = model(x, torch.from_numpy(crops * scale), torch.from_numpy(objs * scale))
-        return pred.numpy()
+        objs = {"paper": paper_objects, "proposed": None}.get(objects, np.zeros((0, 4), np.float32))
+        return cropper.score(image, crops, objs)
 
     return score
 
@@ -83,8 +74,10 @@ def evaluate(scorer: Scorer, dataset: GAICD, limit: int | None = None) -> tuple[
     per_image, t0 = [], time.time()
     ids = dataset.ids[:limit] if limit else dataset.ids
     for image_id in ids:
-        image, crops, mos, objects = dataset.load_raw(image_id)
-        per_image.append(image_metrics(scorer(image, crops, objects), mos))
+        crops, mos, objects = dataset.load_boxes(image_id)
+        # A lazily opened file: the Cropper decodes it as it decodes an upload (JPEG draft mode)
+        with Image.open(dataset.image_path(image_id)) as image:
+            per_image.append(image_metrics(scorer(image, crops, objects), mos))
     return average_metrics(per_image), (time.time() - t0) / max(len(ids), 1)
 
 
@@ -109,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-baselines", action="store_true")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--fp32", action="store_true", help="no bfloat16 scoring even where the CPU has it")
     ap.add_argument("--json", type=Path, default=None, help="also write the table as JSON here")
     args = ap.parse_args(argv)
     if args.threads:
@@ -116,20 +110,16 @@ def main(argv: list[str] | None = None) -> None:
 
     dataset = GAICD(args.data, args.split)
     rows: dict[str, dict[str, float]] = {}
-    model, _ = load_checkpoint(args.weights)
     modes = ["paper", "none", "proposed"] if args.objects == "all" else [args.objects]
-    proposer = None
-    if "proposed" in modes:
-        from s2cnet.proposals import default_proposer
-
-        proposer = default_proposer()
+    cropper = Cropper.from_pretrained(args.weights, proposer="default" if "proposed" in modes else None,
+                                      bf16=False if args.fp32 else None)
     for mode in modes:
         name = f"S2CNet ({ {'paper': 'paper objects', 'none': 'no objects', 'proposed': 'our proposals'}[mode] })"
-        rows[name], sec = evaluate(network_scorer(model, mode, proposer), dataset, args.limit)
+        rows[name], sec = evaluate(network_scorer(cropper, mode), dataset, args.limit)
         print(f"{name}: SRCC {rows[name]['SRCC']:.3f} Acc5 {rows[name]['Acc5']:.1f} Acc10 {rows[name]['Acc10']:.1f} ({sec*1000:.0f} ms/image)", flush=True)
     if not args.no_baselines:
         if args.gaic_weights.exists():
-            gaic, _ = load_checkpoint(args.gaic_weights)
+            gaic = Cropper.from_pretrained(args.gaic_weights, proposer=None, bf16=False if args.fp32 else None)
             rows["GAIC-style, no graph (RoI+RoD)"], _ = evaluate(network_scorer(gaic, "none"), dataset, args.limit)
         else:
             print(f"(no graph-free baseline: {args.gaic_weights} not found)")

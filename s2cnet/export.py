@@ -1,6 +1,7 @@
 """Training checkpoints -> the small fp16 files shipped in ``s2cnet/weights/``.
 
-    python -m s2cnet.export --checkpoint runs/s2cnet/final.pt --out s2cnet/weights/s2cnet.pt
+    python -m s2cnet.export --checkpoint runs/s2cnet/final.pt --saliency-head runs/saliency_head.pt \
+        --out s2cnet/weights/s2cnet.pt
     python -m s2cnet.export --saliency runs/saliency.pt --out s2cnet/weights/saliency.pt
 
 fp16 halves the files (the repo keeps weights under 25 MB); loaders widen them back to fp32.
@@ -21,14 +22,21 @@ def _half(state: dict) -> dict:
     return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
 
 
-def export_model(checkpoint: str | Path, out: str | Path, card: dict | None = None) -> None:
-    """A train.py checkpoint (final.pt or last.pt) -> {'model', 'config'} plus a JSON card beside it."""
+def export_model(checkpoint: str | Path, out: str | Path, card: dict | None = None,
+                 saliency_head: str | Path | None = None) -> None:
+    """A train.py checkpoint (final.pt or last.pt) -> {'model', 'config'[, 'saliency_head']} plus a
+    JSON card beside it. The saliency head must have been fitted on this checkpoint's backbone."""
     ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
     config = model_config(ck)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"model": _half(ck["model"]), "config": config}, out)
+    shipped = {"model": _half(ck["model"]), "config": config}
     info = {"config": config, "history": ck.get("history", []), **(card or {})}
+    if saliency_head is not None:
+        head = torch.load(saliency_head, map_location="cpu", weights_only=True)
+        shipped["saliency_head"] = _half(head["head"])
+        info["saliency_head_val_mae"] = head.get("val_mae")
+    torch.save(shipped, out)
     out.with_suffix(".json").write_text(json.dumps(info, indent=2))
 
 
@@ -44,10 +52,11 @@ def main(argv: list[str] | None = None) -> None:
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", type=Path, help="an S2CNet training checkpoint")
     src.add_argument("--saliency", type=Path, help="a DUTS saliency checkpoint")
+    ap.add_argument("--saliency-head", type=Path, help="a head fitted by saliency.py --backbone-from (with --checkpoint)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     if args.checkpoint:
-        export_model(args.checkpoint, args.out)
+        export_model(args.checkpoint, args.out, saliency_head=args.saliency_head)
     else:
         export_saliency(args.saliency, args.out)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")

@@ -74,6 +74,11 @@ class SpatialEdges(nn.Module):
         return bias, torch.sigmoid(weight), None
 
 
+def graph_tokens(crops: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
+    """Crop tokens [N, D] and the M object tokens every graph shares [M, D] -> [N, 1+M, D]."""
+    return torch.cat([crops[:, None], objects[None].expand(len(crops), -1, -1)], dim=1)
+
+
 class SemanticEdges(nn.Module):
     """Cosine similarity between projected node features: per-head bias and adjacency."""
 
@@ -82,24 +87,39 @@ class SemanticEdges(nn.Module):
         self.proj = nn.Linear(dim, proj_dim)
         self.scale = nn.Parameter(torch.ones(heads))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        z = F.normalize(self.proj(x), dim=-1)
+    def forward(self, crops: torch.Tensor, objects: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """crops [N, D], shared objects [M, D] -> (bias [N, H, K, K], adjacency [N, K, K])."""
+        z = graph_tokens(F.normalize(self.proj(crops), dim=-1), F.normalize(self.proj(objects), dim=-1))
         sim = z @ z.transpose(1, 2)  # [N, K, K]
         return self.scale[None, :, None, None] * sim[:, None], sim.clamp(min=0)
 
 
 class AggregationGate(nn.Module):
-    """Encodes the adjacency into the node tokens: x + g * W(A x), with g gated on [x, A x]."""
+    """Encodes the adjacency into the node tokens: x + g * W(A x), with g gated on [x, A x].
+
+    Object tokens are the same in every candidate's graph, and a linear map commutes with the
+    row mixing A, so W(A x) = A (W x): every linear runs once per distinct token (N + M), not per
+    graph node (N * (1 + M)). The result is identical to the direct form.
+    """
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.msg = nn.Linear(dim, dim)
         self.gate = nn.Linear(2 * dim, dim)
 
-    def forward(self, x: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
+    def forward(self, crops: torch.Tensor, objects: torch.Tensor, adjacency: torch.Tensor) -> torch.Tensor:
+        """crops [N, D], shared objects [M, D], adjacency [N, K, K] -> gated tokens [N, K, D]."""
+        n, d = crops.shape
         a = adjacency / adjacency.sum(-1, keepdim=True).clamp(min=1e-6)
-        agg = a @ x
-        return x + torch.sigmoid(self.gate(torch.cat([x, agg], dim=-1))) * self.msg(agg)
+        tokens = torch.cat([crops, objects])  # the N + M distinct tokens
+
+        def mixed(weight: torch.Tensor) -> torch.Tensor:  # A (x W^T), with x W^T computed per distinct token
+            t = F.linear(tokens, weight)
+            return a @ graph_tokens(t[:n], t[n:])
+
+        own = F.linear(tokens, self.gate.weight[:, :d])
+        g = torch.sigmoid(graph_tokens(own[:n], own[n:]) + mixed(self.gate.weight[:, d:]) + self.gate.bias)
+        return graph_tokens(crops, objects) + g * (mixed(self.msg.weight) + self.msg.bias)
 
 
 class SpatialSemanticAttention(nn.Module):
@@ -116,12 +136,19 @@ class SpatialSemanticAttention(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, bias: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, bias: torch.Tensor, keep: torch.Tensor | None,
+                first_only: bool = False) -> torch.Tensor:
+        """x [N, K, D] -> [N, K, D]; ``first_only`` updates just node 0 ([N, 1, D]): the last layer's
+        object rows are never read out, so skipping them is exact and saves most of that layer."""
         n, k, d = x.shape
-        q, kk, v = self.qkv(self.norm1(x)).view(n, k, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        logits = q @ kk.transpose(-1, -2) / math.sqrt(d // self.heads) + bias
+        hd = d // self.heads
+        qkv = F.linear(self.norm1(x), self.qkv.weight, self.qkv.bias).view(n, k, 3, self.heads, hd)
+        kk, v = qkv[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)  # [N, H, K, hd]
+        rows = 1 if first_only else k
+        q = qkv[:, :rows, 0].transpose(1, 2)
+        logits = q @ kk.transpose(-1, -2) / math.sqrt(hd) + bias[:, :, :rows]
         if keep is not None:
-            logits = logits.masked_fill(~keep[:, None], float("-inf"))
+            logits = logits.masked_fill(~keep[:, None, :rows], float("-inf"))
         attn = self.drop(logits.softmax(-1))
-        x = x + self.drop(self.out((attn @ v).transpose(1, 2).reshape(n, k, d)))
+        x = x[:, :rows] + self.drop(self.out((attn @ v).transpose(1, 2).reshape(n, rows, d)))
         return x + self.drop(self.mlp(self.norm2(x)))

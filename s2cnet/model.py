@@ -15,7 +15,7 @@ from torch import nn
 
 from s2cnet.backbone import FusedMobileNetV2
 from s2cnet.graph import (AggregationGate, SemanticEdges, SpatialEdges, SpatialSemanticAttention,
-                          pair_geometry)
+                          graph_tokens, pair_geometry)
 from s2cnet.roi import rod_features, roi_features
 
 STRIDE = 16
@@ -105,22 +105,21 @@ class S2CNet(nn.Module):
         if objects is None:
             objects = crops.new_zeros(0, 4)
         objects = objects[: self.cfg.max_objects]
-        n, m = len(crops), len(objects)
+        m = len(objects)
         obj_tokens = self.nodes(feat, objects, width, height) if m else crop_tokens.new_zeros(0, crop_tokens.shape[1])
-        x = torch.cat([(crop_tokens + self.type_embed[0])[:, None],
-                       (obj_tokens + self.type_embed[1])[None].expand(n, m, -1)], dim=1)  # [N, 1+M, D]
+        c, o = crop_tokens + self.type_embed[0], obj_tokens + self.type_embed[1]  # N graphs share the M objects
         geometry, dist = pair_geometry(crops, objects, width, height)
         bias, adjacency, keep = self.spatial(geometry, dist)
         if self.semantic is not None:
-            sem_bias, sem_adj = self.semantic(x)
+            sem_bias, sem_adj = self.semantic(c, o)
             bias, adjacency = bias + sem_bias, (adjacency + sem_adj) / 2
         if keep is not None:  # DisDrop drops the edge itself, whichever graph proposed it
             adjacency = adjacency * keep
-        if self.gate is not None:
-            x = self.gate(x, adjacency)
-        for layer in self.layers:
-            x = layer(x, bias, keep)
-        return self.readout(self.norm(x[:, 0])).squeeze(-1)
+        x = self.gate(c, o, adjacency) if self.gate is not None else graph_tokens(c, o)  # [N, 1+M, D]
+        for i, layer in enumerate(self.layers):
+            x = layer(x, bias, keep, first_only=i == len(self.layers) - 1)
+        with torch.autocast(x.device.type, enabled=False):  # fp32 readout: low-precision scores would tie
+            return self.readout(self.norm(x[:, 0].float())).squeeze(-1)
 
     def forward(self, image: torch.Tensor, crops: torch.Tensor, objects: torch.Tensor | None = None) -> torch.Tensor:
         h, w = image.shape[-2:]

@@ -19,7 +19,7 @@ from PIL import Image
 from scipy import ndimage
 from torchvision.ops import nms
 
-from s2cnet.saliency import SaliencyNet
+from s2cnet.saliency import SaliencyHead, SaliencyNet
 from s2cnet.transforms import model_input
 
 SALIENCY_WEIGHTS = Path(__file__).parent / "weights" / "saliency.pt"
@@ -45,6 +45,7 @@ class FaceDetector:
         import cv2
 
         self.cv2 = cv2
+        cv2.setNumThreads(1)  # one core: the Cropper runs faces beside the backbone, Ray gives actors one CPU
         self.cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"))
         if self.cascade.empty():
             raise RuntimeError("OpenCV's frontal-face cascade could not be loaded")
@@ -62,19 +63,42 @@ class FaceDetector:
 
 
 class SaliencyProposer:
-    """Top-N boxes from the saliency map's connected regions, faces first."""
+    """Top-N boxes from the saliency map's connected regions, faces first.
 
-    def __init__(self, net: SaliencyNet, max_objects: int = 10, short_side: int = 160,
+    ``net`` is a whole SaliencyNet (its own backbone pass at ``short_side``) or only a SaliencyHead
+    that reads the fused stride-16 features the Cropper's S2CNet backbone has already computed, which
+    saves a second backbone pass per photo. Face detection needs only the image, so ``prepare`` lets
+    the Cropper run it on another core while the backbone runs.
+    """
+
+    def __init__(self, net: SaliencyNet | SaliencyHead, max_objects: int = 10, short_side: int = 160,
                  thresholds: tuple[float, ...] = (0.3, 0.5, 0.7), faces: FaceDetector | None = None) -> None:
         self.net, self.max_objects, self.short_side = net, max_objects, short_side
         self.thresholds, self.faces = thresholds, faces
 
+    @property
+    def shares_backbone(self) -> bool:
+        return isinstance(self.net, SaliencyHead)
+
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        """The image-only stage (faces); safe to run on another thread."""
+        return self.faces(image) if self.faces is not None else np.zeros((0, 4), np.float32)
+
     @torch.no_grad()
-    def saliency_map(self, image: Image.Image) -> np.ndarray:
+    def saliency_map(self, image: Image.Image, fused: torch.Tensor | None = None) -> np.ndarray:
         """Saliency probabilities at stride 16 of the resized image -> [h, w] in 0..1."""
-        x, _ = model_input(image, image.size, self.short_side)
-        logits = self.net(x)
+        if fused is not None:
+            logits = self.head(fused)
+        elif self.shares_backbone:
+            raise ValueError("this proposer reads the S2CNet backbone's fused features: pass fused=")
+        else:
+            x, _ = model_input(image, image.size, self.short_side)
+            logits = self.net(x)
         return torch.sigmoid(logits)[0, 0].numpy()
+
+    @property
+    def head(self) -> SaliencyHead:
+        return self.net if isinstance(self.net, SaliencyHead) else self.net.head
 
     def boxes_from_map(self, sal: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
         """Connected regions at each threshold -> (boxes in image pixels, saliency mass)."""
@@ -97,10 +121,12 @@ class SaliencyProposer:
                 mass.append(float(up[labels > 0].sum()) * 0.9)
         return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(mass, np.float32)
 
-    def __call__(self, image: Image.Image) -> np.ndarray:
-        boxes, mass = self.boxes_from_map(self.saliency_map(image), image.width, image.height)
-        if self.faces is not None:
-            faces = self.faces(image)
+    def __call__(self, image: Image.Image, fused: torch.Tensor | None = None,
+                 faces: np.ndarray | None = None) -> np.ndarray:
+        """Boxes in ``image``'s pixels; ``fused`` must come from this same image, ``faces`` from ``prepare``."""
+        boxes, mass = self.boxes_from_map(self.saliency_map(image, fused), image.width, image.height)
+        faces = self.prepare(image) if faces is None else faces
+        if len(faces):
             # faces go first: a cut-off head is the worst thumbnail failure
             boxes = np.concatenate([faces, boxes])
             mass = np.concatenate([np.full(len(faces), mass.max(initial=1.0) * 2 + 1, np.float32), mass])
@@ -145,8 +171,18 @@ def read_bytes(uri: str, endpoint_url: str | None = None) -> bytes:
     return Path(uri).read_bytes()
 
 
-def default_proposer(max_objects: int = 10, faces: bool = True) -> SaliencyProposer:
-    """The bundled saliency proposer (weights committed in the package) with face boxes."""
+def load_saliency_head(state: dict) -> SaliencyHead:
+    head = SaliencyHead()
+    head.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    return head.eval()
+
+
+def default_proposer(max_objects: int = 10, faces: bool = True, head_state: dict | None = None) -> SaliencyProposer:
+    """The bundled proposer with face boxes: a saliency head sharing the S2CNet backbone when the
+    model file carries one (``head_state``), else the standalone DUTS saliency network."""
+    detector = FaceDetector() if faces else None
+    if head_state is not None:
+        return SaliencyProposer(load_saliency_head(head_state), max_objects=max_objects, faces=detector)
     if not SALIENCY_WEIGHTS.exists():
         raise FileNotFoundError(f"no saliency weights at {SALIENCY_WEIGHTS}")
-    return SaliencyProposer(load_saliency(), max_objects=max_objects, faces=FaceDetector() if faces else None)
+    return SaliencyProposer(load_saliency(), max_objects=max_objects, faces=detector)

@@ -5,6 +5,12 @@ salient object in 3,000 human-masked DUTS photos. What makes a crop good depends
 that object whole, so this is a relevant pretext task; the same head later proposes object boxes.
 
     python -m s2cnet.saliency --data ../shared/data/duts --out runs/saliency.pt --epochs 4 --stop-after 3
+
+After S2CNet is trained, a second run fits only the head on S2CNet's frozen backbone, so the shipped
+proposer reads the features the crop scorer computes anyway (one backbone pass per photo):
+
+    python -m s2cnet.saliency --backbone-from runs/s2cnet/final.pt --init runs/saliency.pt \
+        --out runs/saliency_head.pt --epochs 2 --lr 1e-3
 """
 
 from __future__ import annotations
@@ -108,17 +114,34 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--init", type=Path, default=None, help="start from this saliency checkpoint")
+    ap.add_argument("--backbone-from", type=Path, default=None,
+                    help="an S2CNet checkpoint: freeze its backbone and fit only the head (saves {'head': ...})")
+    ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     data = load_duts(args.data, args.limit)
     val, train = data[:100], data[100:]
     net = SaliencyNet()
-    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
+    if args.init:
+        state = torch.load(args.init, map_location="cpu", weights_only=True)
+        net.load_state_dict({k: v.float() for k, v in state.get("model", state).items()})
+    head_only = args.backbone_from is not None
+    if head_only:
+        ck = torch.load(args.backbone_from, map_location="cpu", weights_only=True)
+        backbone = {k[len("backbone."):]: v.float() for k, v in ck["model"].items()
+                    if k.startswith("backbone.") and not k.startswith("backbone.reduce")}
+        net.backbone.load_state_dict(backbone, strict=False)
+        net.backbone.requires_grad_(False)
+    params = net.head.parameters() if head_only else net.parameters()
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
     steps = args.epochs * (len(train) // args.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=max(steps, 1), pct_start=0.1)
-    start_epoch = 0
+    start_epoch, mae = 0, float("nan")
     ckpt_path = args.out.with_suffix(".resume.pt")
     if ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
@@ -127,6 +150,9 @@ def main(argv: list[str] | None = None) -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for epoch in range(start_epoch, min(args.epochs, args.stop_after or args.epochs)):
         t0 = time.time()
+        net.train()
+        if head_only:
+            net.backbone.eval()  # frozen, BatchNorm statistics included
         order = list(range(len(train)))
         rng.shuffle(order)
         losses = []
@@ -144,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
         mae = mean_abs_error(net, val, args.size)
         print(f"epoch {epoch} loss {np.mean(losses):.4f} val_mae {mae:.4f} time {time.time() - t0:.0f}s", flush=True)
         torch.save({"model": net.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "epoch": epoch}, ckpt_path)
-    torch.save(net.state_dict(), args.out)
+    torch.save({"head": net.head.state_dict(), "val_mae": mae} if head_only else net.state_dict(), args.out)
     print(f"saved {args.out}")
 
 
