@@ -3,6 +3,8 @@
     python benchmarks/bench_crop.py --data ../shared/data/gaicd --limit 200
 
 Both run in one process on this machine's cores; photos are decoded from their files each time.
+The Cropper uses two threads: torch (``--threads``, default 1) and its face-detection worker, which
+finds the next photo's faces while this one's backbone and scoring run.
 """
 
 from __future__ import annotations
@@ -36,12 +38,15 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=Path("../shared/data/gaicd"))
     ap.add_argument("--limit", type=int, default=200)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the face worker is one more)")
+    ap.add_argument("--weights", type=Path, default=None, help="S2CNet weights (default: the committed ones)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
     from s2cnet import Cropper
 
     ids = json.loads((args.data / "split.json").read_text())["test"][: args.limit]
     paths = [args.data / "images" / f"{i}.jpg" for i in ids]
-    cropper = Cropper.from_pretrained()
+    cropper = Cropper.from_pretrained(args.weights)
     cropper.crop_batch(paths[:2], RATIOS)  # warm-up
 
     t0 = time.perf_counter()
@@ -54,8 +59,12 @@ def main() -> None:
         smartcrop_all_ratios(p)
     theirs = len(paths) / (time.perf_counter() - t0)
 
+    proposer = cropper.proposer
+    kind = ("saliency head on the S2CNet backbone" if getattr(proposer, "shares_backbone", False)
+            else type(proposer).__name__ if proposer is not None else "none")
     print(f"\n{len(paths)} GAICD test photos (1024 px long side), ratios {','.join(RATIOS)}, "
-          f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}\n")
+          f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()} + face worker, "
+          f"bf16 graph head {cropper.bf16}, proposals: {kind}, model {cropper.model_version}\n")
     print("| method | images/s |\n|---|---|")
     print(f"| ugc-crop Cropper.crop_batch (proposals + S2CNet) | {ours:.1f} |")
     print(f"| smartcrop.py 0.5 (crop() per ratio) | {theirs:.1f} |")

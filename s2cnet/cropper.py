@@ -100,7 +100,10 @@ class Cropper:
 
     # -- internals -------------------------------------------------------------------------------
     def _load(self, src) -> LoadedImage:
-        """Decode no larger than the model needs (JPEG draft mode); boxes stay in full-size pixels."""
+        """Decode no larger than the model needs (JPEG draft mode); boxes stay in full-size pixels.
+        A LoadedImage (already decoded that way, e.g. by the service's validation) is used as is."""
+        if isinstance(src, LoadedImage):
+            return src
         return open_image(src, target_short_side=self.short_side)
 
     def _features(self, loaded: LoadedImage) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:

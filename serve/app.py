@@ -15,6 +15,7 @@ from PIL import Image
 from ray import serve
 
 from s2cnet.cropper import Crop
+from s2cnet.imageio import LoadedImage
 from serve.routes import build_app
 from serve.service import CropService
 from serve.settings import Settings
@@ -46,7 +47,7 @@ class CropDeployment:
     def __serve_build_asgi_app__(self):
         return build_app(self.service, self._crop)
 
-    async def _crop(self, image: bytes | Image.Image, ratios: tuple[str, ...]) -> tuple[list[Crop], int]:
+    async def _crop(self, image: bytes | Image.Image | LoadedImage, ratios: tuple[str, ...]) -> tuple[list[Crop], int]:
         # @serve.batch closes a batch batch_wait_timeout_s after its first item even while the model
         # is still busy with the previous one, which under load yields batches of ~1 queued behind
         # each other. Holding requests here until the model is free lets them all join one batch.
@@ -60,7 +61,7 @@ class CropDeployment:
         return result, batch_size
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
-    async def _crop_batch(self, items: list[tuple[bytes | Image.Image, tuple[str, ...]]]) -> list[tuple[Any, int]]:
+    async def _crop_batch(self, items: list[tuple[bytes | Image.Image | LoadedImage, tuple[str, ...]]]) -> list[tuple[Any, int]]:
         # The model runs in a thread so this replica keeps reading and decoding the next requests.
         self._model_free.clear()
         try:

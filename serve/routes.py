@@ -17,19 +17,20 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 
 from s2cnet.cropper import Crop
+from s2cnet.imageio import LoadedImage
 from serve.errors import ServiceError
 from serve.service import CropService
 
 PAGE = Path(__file__).with_name("page.html")
 
 # (image bytes or PIL image, ratios) -> (crops, size of the model batch this request rode in)
-CropFn = Callable[[bytes | Image.Image, tuple[str, ...]], Awaitable[tuple[list[Crop], int]]]
+CropFn = Callable[[bytes | Image.Image | LoadedImage, tuple[str, ...]], Awaitable[tuple[list[Crop], int]]]
 
 
 def direct_crop(service: CropService) -> CropFn:
     """No batching: each request calls the model on its own (tests and single-process use)."""
 
-    async def crop(image: bytes | Image.Image, ratios: tuple[str, ...]) -> tuple[list[Crop], int]:
+    async def crop(image: bytes | Image.Image | LoadedImage, ratios: tuple[str, ...]) -> tuple[list[Crop], int]:
         result = (await asyncio.to_thread(service.crop_many, [(image, ratios)]))[0]
         if isinstance(result, Exception):
             raise result
@@ -100,11 +101,12 @@ def build_app(service: CropService, crop: CropFn | None = None) -> FastAPI:
         wanted = service.parse_ratios(ratios)  # cheap checks before reading the body
         body = await upload_bytes(request, await read_body(request, s.max_body_bytes))
         t1 = time.perf_counter()
-        # Validates (status + reason) and gives the upright size; the cropper decodes the bytes again
-        # in draft mode inside the batch, a few ms for a 1 MP JPEG.
-        size = (await asyncio.to_thread(service.decode, body)).original_size
+        # Validates (status + reason) and decodes in draft mode, no larger than the model needs;
+        # the cropper takes this decoded image as it is.
+        loaded = await asyncio.to_thread(service.decode, body)
+        size = loaded.original_size
         t2 = time.perf_counter()
-        found, batch = await best_crops(body, size, wanted)
+        found, batch = await best_crops(loaded, size, wanted)
         t3 = time.perf_counter()
         timing = {"read": (t1 - t0) * 1e3, "decode": (t2 - t1) * 1e3, "crop": (t3 - t2) * 1e3, "total": (t3 - t0) * 1e3}
         return JSONResponse(service.crops_body(size, found, service.model_version, timing),
