@@ -6,6 +6,8 @@ random-weight model: every property checked here must hold for any weights.
 
 from __future__ import annotations
 
+import pickle
+import threading
 from fractions import Fraction
 
 import numpy as np
@@ -13,11 +15,15 @@ import pytest
 import skimage.data
 import torch
 from PIL import Image
+from scipy.stats import spearmanr
 
 from s2cnet.candidates import candidates
-from s2cnet.cropper import DEFAULT_WEIGHTS, Cropper
-from s2cnet.imageio import ImageLoadError
+from s2cnet.cropper import DEFAULT_WEIGHTS, Cropper, native_bf16
+from s2cnet.imageio import ImageLoadError, open_image
 from s2cnet.model import S2CNet
+from s2cnet.proposals import SaliencyProposer
+from s2cnet.saliency import SaliencyHead
+from s2cnet.transforms import resize_shape
 
 RATIOS = ["1:1", "16:9", "9:16", "4:3", "3:2", "4:5", "21:9"]
 
@@ -137,3 +143,127 @@ def test_crop_with_objects_stays_near_best_and_reports_cuts(cropper: Cropper, as
         x1, y1, x2, y2 = c.box
         kept = max(0, min(x2, 290) - max(x1, 170)) * max(0, min(y2, 200) - max(y1, 40)) / (120 * 160)
         assert (c.cut_objects == [tuple(face)]) == (0.1 < kept < 0.9), (c.box, kept, c.cut_objects)
+
+
+# -- the fast inference path: bf16 graph head, faces pipelined on a worker thread, pickling ------------
+
+def test_bf16_scoring_keeps_the_ranking_and_fp32_readout(cropper: Cropper, cat: Image.Image) -> None:
+    if not native_bf16():
+        pytest.skip("this CPU has no native bfloat16 matmul (AVX512-BF16/AMX): the Cropper never enables bf16")
+    fp32, bf16 = Cropper(cropper.model, bf16=False), Cropper(cropper.model, bf16=True)
+    boxes = np.concatenate([candidates(*cat.size), candidates(*cat.size, "1:1"), candidates(*cat.size, "16:9")])
+    objects = np.array([[100, 50, 250, 200], [300, 100, 420, 280]], np.float32)  # the graph path, not just RoI
+    assert len(boxes) > 200
+    s32, s16 = fp32.score(cat, boxes, objects), bf16.score(cat, boxes, objects)
+    assert isinstance(s16, np.ndarray) and s16.dtype == np.float32 and s16.shape == (len(boxes),)
+    assert not np.array_equal(s32, s16)  # control: bf16 really ran
+    assert spearmanr(s32, s16)[0] > 0.99
+    # fp32 readout: a bf16 readout would round scores onto ~8-bit mantissas and tie many candidates
+    assert len(np.unique(s32)) == len(boxes)
+    assert len(np.unique(s16)) >= 0.98 * len(boxes)
+    a32, c16 = fp32.analyse(cat, RATIOS, objects), bf16.crop(cat, RATIOS, objects)
+    assert sum(a.box == b.box for a, b in zip(a32.crops, c16)) >= len(RATIOS) - 1
+    for b in c16:  # where the choice differs, it is a near tie in fp32
+        cand, sc = a32.candidates[b.ratio].tolist(), a32.scores[b.ratio]
+        assert sc[cand.index(list(b.box))] >= sc.max() - fp32.integrity_margin - 0.02
+
+
+class FaceStageProposer:
+    """A proposer with an image-only ``prepare`` stage (like faces) and a second stage that may read the
+    Cropper's fused backbone map. Its boxes depend on the image, so mixing up photos changes results."""
+
+    def __init__(self, shares_backbone: bool) -> None:
+        self._shares = shares_backbone
+        self.prepare_threads: list[int] = []
+        self.calls: list[tuple[tuple[int, int], np.ndarray, object]] = []
+
+    @property
+    def shares_backbone(self) -> bool:
+        return self._shares
+
+    def prepare(self, image: Image.Image) -> np.ndarray:
+        self.prepare_threads.append(threading.get_ident())
+        w, h = image.size
+        return np.array([[0.1 * w, 0.15 * h, 0.45 * w, 0.6 * h]], np.float32)  # a "face"
+
+    def __call__(self, image: Image.Image, fused=None, faces=None) -> np.ndarray:
+        assert faces is not None, "the Cropper must hand over prepare()'s result"
+        self.calls.append((image.size, faces.copy(), None if fused is None else tuple(fused.shape)))
+        w, h = image.size
+        return np.concatenate([faces, [[0.5 * w, 0.3 * h, 0.95 * w, 0.9 * h]]]).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def three_photos(cat: Image.Image, astronaut: str) -> list:
+    return [cat, astronaut, cat.resize((300, 420), Image.BILINEAR)]
+
+
+@pytest.mark.parametrize("shares", [False, True], ids=["own-features", "shares-backbone"])
+def test_crop_batch_pipelines_faces_and_equals_crop_per_image(cropper: Cropper, three_photos: list,
+                                                                shares: bool) -> None:
+    proposer = FaceStageProposer(shares)
+    c = Cropper(cropper.model, proposer=proposer)
+    ratios = ["1:1", "16:9", "4:5"]
+    batch = c.crop_batch(three_photos, ratios)
+    assert len(proposer.prepare_threads) == 3
+    assert threading.get_ident() not in proposer.prepare_threads  # faces ran beside the backbone
+    # each photo's second stage got that photo's own faces (and fused map when shared), on the decoded
+    # image (the JPEG is drafted to half size); the Cropper maps its boxes back to full-size pixels
+    decoded = [open_image(p, target_short_side=c.short_side) for p in three_photos]
+    assert [s for s, _, _ in proposer.calls] == [d.image.size for d in decoded]
+    assert decoded[1].image.size != decoded[1].original_size  # control: draft mode is exercised
+    for ((w, h), faces, fused), d in zip(proposer.calls, decoded):
+        np.testing.assert_allclose(faces, [[0.1 * w, 0.15 * h, 0.45 * w, 0.6 * h]], rtol=1e-6)
+        iw, ih = resize_shape(*d.original_size, c.short_side)
+        assert fused == ((1, 448, ih // 16, iw // 16) if shares else None)
+    W0, H0 = decoded[1].original_size
+    np.testing.assert_allclose(c.analyse(three_photos[1], ratios).objects[0], [0.1 * W0, 0.15 * H0, 0.45 * W0, 0.6 * H0],
+                               rtol=1e-5)
+    single = [c.crop(p, ratios) for p in three_photos]
+    assert [[x.box for x in r] for r in batch] == [[x.box for x in r] for r in single]
+    assert [[x.cut_objects for x in r] for r in batch] == [[x.cut_objects for x in r] for r in single]
+    for rb, rs in zip(batch, single):
+        assert [x.score for x in rb] == pytest.approx([x.score for x in rs], abs=1e-6)
+    # the objects really took part: scores differ from scoring without any
+    plain = Cropper(cropper.model, proposer=None).crop(three_photos[0], ratios)
+    assert [x.score for x in plain] != pytest.approx([x.score for x in single[0]], abs=1e-4)
+
+
+def test_crop_batch_with_a_saliency_head_sharing_the_backbone(cropper: Cropper, three_photos: list) -> None:
+    torch.manual_seed(0)
+    proposer = SaliencyProposer(SaliencyHead().eval(), max_objects=4)
+    assert proposer.shares_backbone
+    c = Cropper(cropper.model, proposer=proposer)
+    ratios = ["1:1", "3:2"]
+    batch = c.crop_batch(three_photos, ratios)
+    analyses = [c.analyse(p, ratios) for p in three_photos]
+    assert [[x.box for x in r] for r in batch] == [[x.box for x in a.crops] for a in analyses]
+    for rb, a in zip(batch, analyses):
+        assert [x.score for x in rb] == pytest.approx([x.score for x in a.crops], abs=1e-6)
+    assert all(len(a.objects) >= 1 for a in analyses)
+    for a in analyses:  # object boxes come back in each photo's own full-size pixels
+        w, h = a.size
+        assert (a.objects[:, [0, 2]] <= w + 1e-3).all() and (a.objects[:, [1, 3]] <= h + 1e-3).all()
+
+
+def test_crop_batch_raises_on_an_unreadable_image(cropper: Cropper, cat: Image.Image) -> None:
+    c = Cropper(cropper.model, proposer=FaceStageProposer(False))
+    with pytest.raises(ImageLoadError):
+        c.crop_batch([cat, b"not an image at all", cat], ["1:1"])
+    with pytest.raises(ImageLoadError):
+        c.crop_batch([b"\xff\xd8\xff truncated jpeg", cat], ["1:1"])
+    assert c.crop_batch([], ["1:1"]) == []
+    assert len(c.crop_batch([cat], ["1:1"])) == 1  # the worker pool survives the failures
+
+
+def test_cropper_pickles_after_use(cropper: Cropper, cat: Image.Image) -> None:
+    c = Cropper(cropper.model, proposer=FaceStageProposer(False))
+    first = c.crop(cat, ["1:1", "16:9"])
+    assert c._pool is not None  # the face worker was started
+    copy = pickle.loads(pickle.dumps(c))
+    assert copy._pool is None and c._pool is not None  # the copy drops the threads, the original keeps them
+    again = copy.crop(cat, ["1:1", "16:9"])
+    assert copy._pool is not None and copy._pool is not c._pool
+    assert [x.box for x in again] == [x.box for x in first]
+    assert [x.score for x in again] == pytest.approx([x.score for x in first], abs=1e-6)
+    assert [x.box for x in c.crop(cat, ["1:1", "16:9"])] == [x.box for x in first]

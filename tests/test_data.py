@@ -11,7 +11,8 @@ import torch
 
 from conftest import GAICD_DIR, needs_gaicd
 from s2cnet.data import GAICD, hflip_boxes, read_yxyx
-from s2cnet.transforms import IMAGENET_MEAN, IMAGENET_STD
+from s2cnet.imageio import open_image
+from s2cnet.transforms import IMAGENET_MEAN, IMAGENET_STD, model_input
 from synthetic_gaicd import write_gaicd
 
 
@@ -140,3 +141,47 @@ def test_real_gaicd_annotations() -> None:
     assert 40 * 20 < total < 130 * 20  # about 86 valid crops per image
     s = ds[0]
     assert s.image.shape[1] % 32 == 0 and s.image.shape[2] % 32 == 0 and len(s.crops) == len(s.mos)
+
+
+def test_scale_jitter_draws_short_sides_only_when_augmenting(tmp_path) -> None:
+    truth = write_gaicd(tmp_path, n_images=2, size=(200, 120))
+    jittered = GAICD(tmp_path, "train", augment=True, scale_jitter=(224, 288), seed=1)
+    sides = []
+    for j in range(12):
+        s = jittered[j % 2]
+        hh, ww = s.image.shape[-2:]
+        sides.append(hh)
+        assert (hh, ww) in {(224, 384), (288, 480)}  # 200x120 at short side 224 or 288, multiples of 32
+        assert (s.crops[:, [0, 2]] <= ww + 1e-3).all() and (s.crops[:, [1, 3]] <= hh + 1e-3).all()
+        widths = torch.from_numpy(truth[s.image_id]["crops"][:, 2] - truth[s.image_id]["crops"][:, 0])
+        torch.testing.assert_close(s.crops[:, 2] - s.crops[:, 0], widths * ww / 200)  # flips keep widths
+    assert set(sides) == {224, 288}
+    fixed = GAICD(tmp_path, "train", augment=False, scale_jitter=(224, 288))
+    assert {fixed[j % 2].image.shape[-2] for j in range(6)} == {256}  # evaluation ignores the jitter
+    assert GAICD(tmp_path, "train", augment=True, short_side=192)[0].image.shape[-2] == 192  # no jitter given
+
+
+def test_large_jpeg_decodes_in_draft_mode_with_boxes_in_place(tmp_path) -> None:
+    """Samples decode as the Cropper decodes uploads (JPEG draft); boxes still land on the same content."""
+    truth = write_gaicd(tmp_path, n_images=1, size=(2000, 1500))
+    ds = GAICD(tmp_path, "train")
+    image_id = ds.ids[0]
+    drafted = open_image(ds.image_path(image_id), target_short_side=256)
+    assert drafted.original_size == (2000, 1500) and drafted.image.size[1] < 1500  # draft mode kicked in
+    assert min(drafted.image.size) >= 256
+    s = ds[0]
+    hh, ww = s.image.shape[-2:]
+    assert (hh, ww) == (256, 352)
+    scale = torch.tensor([ww / 2000, hh / 1500, ww / 2000, hh / 1500])
+    torch.testing.assert_close(s.crops, torch.from_numpy(truth[image_id]["crops"]) * scale)
+    torch.testing.assert_close(s.objects, torch.from_numpy(truth[image_id]["objects"]) * scale)
+    assert (s.crops >= 0).all() and (s.crops[:, [0, 2]] <= ww).all() and (s.crops[:, [1, 3]] <= hh).all()
+    # the bright subject (object 0) is where its scaled box says
+    unnorm = s.image * IMAGENET_STD[:, None, None] + IMAGENET_MEAN[:, None, None]
+    x1, y1, x2, y2 = s.objects[0].round().long().tolist()
+    assert unnorm[0, y1 + 3 : y2 - 3, x1 + 3 : x2 - 3].mean() > 0.85
+    assert unnorm[0, :, x2 + 3 :].mean() < 0.5
+    # no train/serve skew: the unaugmented sample is exactly the Cropper's model input for that file
+    x, cropper_scale = model_input(drafted.image, drafted.original_size, 256)
+    torch.testing.assert_close(s.image, x[0])
+    np.testing.assert_allclose(cropper_scale, scale.numpy(), rtol=1e-6)

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
+from s2cnet.backbone import FusedMobileNetV2
+from s2cnet.cropper import inference_copy
+from s2cnet.graph import (AggregationGate, SemanticEdges, SpatialSemanticAttention, graph_tokens,
+                          pair_geometry)
 from s2cnet.model import S2CNet, S2CNetConfig
 from s2cnet.roi import box_coverage, rod_features, roi_features
 
@@ -188,3 +194,156 @@ def test_roi_sees_only_inside_and_rod_only_outside() -> None:
     torch.testing.assert_close(rod_features(inside, box, 9, 16), rod)
     assert not torch.allclose(roi_features(inside, box, 9, 16), roi)
     assert not torch.allclose(rod_features(outside, box, 9, 16), rod)
+
+
+# -- exact fast paths: per-distinct-token gate/edges, crop-node-only last layer, folded BatchNorm ----
+
+def _tokens(n: int, m: int, d: int = 64, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g), torch.randn(m, d, generator=g)
+
+
+@pytest.mark.parametrize("m", [3, 0])
+def test_aggregation_gate_equals_direct_form_on_expanded_tokens(m: int) -> None:
+    """The gate runs its linears once per distinct token; it must equal x + g * W(A x) on the full graphs."""
+    torch.manual_seed(0)
+    gate = AggregationGate(64).eval()
+    crops, objects = _tokens(5, m)
+    k = m + 1
+    adjacency = torch.rand(5, k, k, generator=torch.Generator().manual_seed(1))
+    adjacency[1, 0] = 0.0  # an isolated row: normalisation falls back to the clamp
+    adjacency[2] *= 5.0  # rows do not sum to one
+    with torch.no_grad():
+        got = gate(crops, objects, adjacency)
+        x = graph_tokens(crops, objects)
+        a = adjacency / adjacency.sum(-1, keepdim=True).clamp(min=1e-6)
+        agg = a @ x
+        want = x + torch.sigmoid(gate.gate(torch.cat([x, agg], dim=-1))) * gate.msg(agg)
+    assert got.shape == (5, k, 64)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_semantic_edges_equal_cosine_similarity_on_expanded_tokens() -> None:
+    torch.manual_seed(0)
+    sem = SemanticEdges(64, heads=4)
+    with torch.no_grad():
+        sem.scale.copy_(torch.tensor([0.5, -1.0, 2.0, 3.0]))  # per-head scales, not all ones
+        crops, objects = _tokens(4, 3)
+        bias, adj = sem(crops, objects)
+        z = torch.nn.functional.normalize(sem.proj(graph_tokens(crops, objects)), dim=-1)
+        sim = z @ z.transpose(1, 2)
+    assert bias.shape == (4, 4, 4, 4) and adj.shape == (4, 4, 4)
+    torch.testing.assert_close(bias, sem.scale[None, :, None, None] * sim[:, None], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(adj, sim.clamp(min=0), rtol=1e-5, atol=1e-5)
+    assert (adj < 1e-6).any() and (adj > 0.1).any()  # control: the clamp is exercised on both sides
+
+
+@pytest.mark.parametrize("masked", [False, True], ids=["no-mask", "keep-mask"])
+def test_attention_first_only_is_row_zero_of_the_full_layer(masked: bool) -> None:
+    torch.manual_seed(0)
+    layer = SpatialSemanticAttention(64, heads=4, mlp_ratio=2.0, dropout=0.1).eval()
+    g = torch.Generator().manual_seed(2)
+    n, k = 6, 4
+    x = torch.randn(n, k, 64, generator=g)
+    bias = torch.randn(n, 4, k, k, generator=g)
+    keep = None
+    if masked:  # a different mask per row and per graph; the diagonal always stays
+        keep = (torch.rand(n, k, k, generator=g) > 0.5) | torch.eye(k, dtype=torch.bool)
+        keep[:, 0] = torch.tensor([True, False, True, False])  # crop row sees some objects, not others
+    with torch.no_grad():
+        full = layer(x, bias, keep)
+        first = layer(x, bias, keep, first_only=True)
+        if masked:  # control: the mask of row 0 really changes row 0
+            assert not torch.allclose(layer(x, bias, None, first_only=True), first, atol=1e-4)
+    assert full.shape == (n, k, 64) and first.shape == (n, 1, 64)
+    torch.testing.assert_close(first, full[:, :1], rtol=1e-5, atol=1e-5)
+
+
+def _direct_score_crops(model: S2CNet, feat: torch.Tensor, crops: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
+    """The graph head written out on explicitly expanded [N, 1+M, D] tokens, every layer on every node."""
+    n, m = len(crops), len(objects)
+    ct = model.nodes(feat, crops, W, H)
+    ot = model.nodes(feat, objects, W, H)
+    x = torch.cat([(ct + model.type_embed[0])[:, None], (ot + model.type_embed[1])[None].expand(n, m, -1)], dim=1)
+    geometry, dist = pair_geometry(crops, objects, W, H)
+    bias, adjacency, keep = model.spatial(geometry, dist)
+    z = torch.nn.functional.normalize(model.semantic.proj(x), dim=-1)
+    sim = z @ z.transpose(1, 2)
+    bias, adjacency = bias + model.semantic.scale[None, :, None, None] * sim[:, None], (adjacency + sim.clamp(min=0)) / 2
+    if keep is not None:
+        adjacency = adjacency * keep
+    a = adjacency / adjacency.sum(-1, keepdim=True).clamp(min=1e-6)
+    agg = a @ x
+    x = x + torch.sigmoid(model.gate.gate(torch.cat([x, agg], dim=-1))) * model.gate.msg(agg)
+    for layer in model.layers:
+        x = layer(x, bias, keep)  # all K rows, every layer
+    return model.readout(model.norm(x[:, 0])).squeeze(-1)
+
+
+@pytest.mark.parametrize("name", ["disemb", "disdrop"])
+def test_score_crops_equals_direct_graph_computation(name: str) -> None:
+    model = _model(S2CNetConfig(edge_strategy=name, distance_threshold=0.3, node_dim=64, num_heads=4,
+                                num_layers=3)).eval()
+    with torch.no_grad():
+        feat = model.features(_image())
+        got = model.score_crops(feat, CROPS, OBJECTS, W, H)
+        want = _direct_score_crops(model, feat, CROPS, OBJECTS)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def _randomise_batchnorm(module: torch.nn.Module, seed: int = 0) -> int:
+    g = torch.Generator().manual_seed(seed)
+    count = 0
+    with torch.no_grad():
+        for bn in module.modules():
+            if isinstance(bn, torch.nn.BatchNorm2d):
+                c = bn.num_features
+                bn.running_mean.copy_(torch.randn(c, generator=g) * 0.2)
+                bn.running_var.copy_(torch.rand(c, generator=g) * 1.5 + 0.5)
+                bn.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                bn.bias.copy_(torch.randn(c, generator=g) * 0.2)
+                count += 1
+    return count
+
+
+def _batchnorms(module: torch.nn.Module) -> int:
+    return sum(isinstance(m, torch.nn.BatchNorm2d) for m in module.modules())
+
+
+def test_fold_batchnorm_keeps_outputs_and_removes_every_batchnorm() -> None:
+    torch.manual_seed(0)
+    bb = FusedMobileNetV2(16).eval()
+    assert _randomise_batchnorm(bb) > 30  # MobileNetV2 has one after every conv
+    x = _image()
+    with torch.no_grad():
+        want_fused, want = bb.fused(x), bb(x)
+        folded = copy.deepcopy(bb).fold_batchnorm()
+        got_fused, got = folded.fused(x), folded(x)
+    assert _batchnorms(folded) == 0
+    convs = [m for m in bb.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len([m for m in folded.modules() if isinstance(m, torch.nn.Conv2d)]) == len(convs)
+    torch.testing.assert_close(got_fused, want_fused, rtol=0, atol=1e-4 * float(want_fused.abs().max()))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4 * float(want.abs().max()))
+
+
+def test_inference_copy_leaves_the_model_alone_and_matches_its_features() -> None:
+    model = _model(CONFIGS["disemb"]).train()
+    _randomise_batchnorm(model.backbone, seed=3)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    n_bn = _batchnorms(model)
+    fast = inference_copy(model)
+    assert model.training and not fast.training
+    assert _batchnorms(model) == n_bn > 0 and _batchnorms(fast) == 0
+    after = model.state_dict()
+    assert list(after) == list(before)
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert fast.backbone.reduce[0].weight.is_contiguous(memory_format=torch.channels_last)
+    model.eval()
+    x = _image(1)
+    with torch.no_grad():
+        want = model.features(x)
+        got = fast.features(x.contiguous(memory_format=torch.channels_last))
+        scores_want = model.score_crops(want, CROPS, OBJECTS, W, H)
+        scores_got = fast.score_crops(got, CROPS, OBJECTS, W, H)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-4 * float(want.abs().max()))
+    torch.testing.assert_close(scores_got, scores_want, rtol=1e-4, atol=1e-4)

@@ -7,9 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
+from s2cnet.cropper import DEFAULT_WEIGHTS, Cropper, load_checkpoint
+from s2cnet.model import S2CNet, S2CNetConfig
 from s2cnet.proposals import (SALIENCY_WEIGHTS, DetectorProposer, FaceDetector, SaliencyProposer,
                               default_proposer, load_saliency)
-from s2cnet.saliency import SaliencyNet
+from s2cnet.saliency import SaliencyHead, SaliencyNet
+from s2cnet.transforms import model_input
 
 
 def astronaut() -> Image.Image:
@@ -98,3 +101,102 @@ def test_detector_proposer_from_s3(detector_weights, local_s3, monkeypatch):
 def test_detector_proposer_rejects_a_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         DetectorProposer(tmp_path / "nope.pt")
+
+
+# -- a saliency head that reads the S2CNet backbone's fused map (one backbone pass per photo) ---------
+
+def _model_input(image: Image.Image, short_side: int = 256) -> torch.Tensor:
+    return model_input(image, image.size, short_side)[0]
+
+
+def test_head_only_proposer_needs_fused_and_keeps_boxes_inside():
+    torch.manual_seed(0)
+    head = SaliencyHead().eval()
+    proposer = SaliencyProposer(head, max_objects=5)
+    assert proposer.shares_backbone and proposer.head is head
+    assert not SaliencyProposer(SaliencyNet().eval()).shares_backbone
+    image = astronaut().resize((384, 256))
+    with pytest.raises(ValueError, match="fused="):
+        proposer(image)
+    model = S2CNet().eval()
+    with torch.no_grad():
+        fused = model.backbone.fused(_model_input(image))
+    assert fused.shape == (1, 448, 16, 24)
+    boxes = proposer(image, fused=fused)
+    assert boxes.ndim == 2 and boxes.shape[1] == 4 and 1 <= len(boxes) <= 5
+    assert (boxes >= 0).all() and (boxes[:, [0, 2]] <= 384).all() and (boxes[:, [1, 3]] <= 256).all()
+    assert (boxes[:, 0] < boxes[:, 2]).all() and (boxes[:, 1] < boxes[:, 3]).all()
+    # faces handed over by prepare() come first, unchanged
+    face = np.array([[40, 30, 90, 100]], np.float32)
+    with_face = proposer(image, fused=fused, faces=face)
+    np.testing.assert_array_equal(with_face[0], face[0])
+
+
+def test_head_on_cropper_features_equals_standalone_net_on_the_same_backbone():
+    """The Cropper's fused map (BatchNorm folded, channels-last) read by the head gives the saliency a
+    SaliencyNet made of the same backbone and head computes on its own."""
+    torch.manual_seed(0)
+    if DEFAULT_WEIGHTS.exists():
+        model, _ = load_checkpoint(DEFAULT_WEIGHTS)
+    else:  # random weights: BatchNorm statistics that keep the features from fading out
+        model = S2CNet().eval()
+        with torch.no_grad():
+            for m in model.backbone.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_var.fill_(0.5)
+    head = SaliencyHead().eval()
+    net = SaliencyNet().eval()
+    shared = {k: v for k, v in model.backbone.state_dict().items() if not k.startswith("reduce")}
+    assert not net.backbone.load_state_dict(shared, strict=False).unexpected_keys
+    image = astronaut().resize((320, 256))
+    with torch.no_grad():  # calibrate the untrained head to logits of spread ~2 around 0: a map with contrast
+        logits = head(net.backbone.fused(_model_input(image))) - head.net[2].bias
+        k = 2.0 / logits.std()
+        head.net[2].weight.mul_(k), head.net[2].bias.copy_(-k * logits.mean())
+    net.head.load_state_dict(head.state_dict())
+
+    seen = {}
+
+    class Recording(SaliencyProposer):
+        def saliency_map(self, image, fused=None):
+            seen["map"] = super().saliency_map(image, fused)
+            return seen["map"]
+
+    Cropper(model, proposer=Recording(head)).score(image, [[0, 0, 256, 256]])
+    want = SaliencyProposer(net, short_side=256).saliency_map(image)
+    assert seen["map"].shape == want.shape == (16, 20)
+    assert want.std() > 0.1  # control: not a flat map
+    np.testing.assert_allclose(seen["map"], want, atol=1e-4)
+
+
+def test_default_proposer_with_a_head_state_shares_the_backbone():
+    torch.manual_seed(0)
+    head = SaliencyHead()
+    state = {k: v.half() for k, v in head.state_dict().items()}  # as shipped (fp16)
+    proposer = default_proposer(faces=False, head_state=state)
+    assert proposer.shares_backbone and proposer.faces is None and not proposer.head.training
+    for k, v in proposer.head.state_dict().items():
+        assert v.dtype == torch.float32
+        torch.testing.assert_close(v, head.state_dict()[k], rtol=1e-3, atol=1e-3)
+
+
+def _checkpoint(path, with_head: bool) -> None:
+    ck = {"model": S2CNet().state_dict(), "config": S2CNetConfig().to_dict()}
+    if with_head:
+        ck["saliency_head"] = SaliencyHead().state_dict()
+    torch.save(ck, path)
+
+
+def test_from_pretrained_picks_the_shared_head_when_the_file_has_one(tmp_path):
+    _checkpoint(tmp_path / "with_head.pt", with_head=True)
+    cropper = Cropper.from_pretrained(tmp_path / "with_head.pt")
+    assert isinstance(cropper.proposer, SaliencyProposer) and cropper.proposer.shares_backbone
+    assert isinstance(cropper.proposer.faces, FaceDetector)
+    (c,) = cropper.crop(astronaut().resize((256, 256)), ["1:1"])
+    assert len(c.box) == 4
+    if not SALIENCY_WEIGHTS.exists():
+        pytest.skip(f"no bundled standalone saliency weights at {SALIENCY_WEIGHTS}: the file-without-head case needs them")
+    _checkpoint(tmp_path / "plain.pt", with_head=False)
+    plain = Cropper.from_pretrained(tmp_path / "plain.pt")
+    assert isinstance(plain.proposer, SaliencyProposer) and not plain.proposer.shares_backbone
+    assert isinstance(plain.proposer.net, SaliencyNet)

@@ -5,15 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from s2cnet.cropper import Cropper, load_checkpoint
 from s2cnet.data import GAICD
 from s2cnet.export import export_model
 from s2cnet.model import S2CNet, S2CNetConfig
-from s2cnet.saliency import SaliencyNet
-from s2cnet.train import TrainConfig, load_backbone_init, parse_args, train
+from s2cnet.proposals import load_saliency_head
+from s2cnet.saliency import SaliencyHead, SaliencyNet
+from s2cnet.saliency import main as saliency_main
+from s2cnet.train import TrainConfig, load_backbone_init, parse_args, train, update_average
 from synthetic_gaicd import write_gaicd
 
 SMALL = dict(node_dim=64, num_heads=4)
@@ -141,3 +145,150 @@ def test_parse_args_and_config_validation(tmp_path) -> None:
         (3, "disdrop", 0.25, False)
     with pytest.raises(ValueError, match="unknown TrainConfig"):
         TrainConfig.from_dict({"epoch": 3})
+
+
+# -- weight averaging (SWA), multi-scale training, the shipped saliency head ---------------------------
+
+def test_update_average_is_a_running_mean_and_leaves_integer_buffers() -> None:
+    states = [{"w": torch.tensor([1.0, 2.0]) * (i + 1) + i, "b": torch.full((2, 2), float(i * i)),
+               "num_batches_tracked": torch.tensor(10 * (i + 1))} for i in range(3)]
+    originals = [{k: v.clone() for k, v in s.items()} for s in states]
+    avg, count = update_average(None, 0, states[0])
+    assert count == 1 and all(torch.equal(avg[k], states[0][k]) for k in avg)
+    for s in states[1:]:
+        avg, count = update_average(avg, count, s)
+    assert count == 3
+    for k in ("w", "b"):
+        torch.testing.assert_close(avg[k], torch.stack([o[k] for o in originals]).mean(0))
+    assert avg["num_batches_tracked"].item() == 10 and avg["num_batches_tracked"].dtype == torch.int64
+    for s, o in zip(states, originals):  # the models' own weights are never touched
+        assert all(torch.equal(s[k], o[k]) for k in s)
+
+
+def _weights_after_each_epoch(store: list):
+    def report(epoch, metrics, ckpt_path):
+        store.append(torch.load(ckpt_path, map_location="cpu", weights_only=False)["model"])
+    return report
+
+
+@pytest.fixture(scope="module")
+def swa_run(gaicd_dir, tmp_path_factory) -> tuple[Path, list]:
+    """Three epochs averaging the weights of epochs 1 and 2."""
+    out = tmp_path_factory.mktemp("swa")
+    epoch_weights: list = []
+    train(_cfg(gaicd_dir, out, epochs=3, swa_from=1), report=_weights_after_each_epoch(epoch_weights))
+    return out, epoch_weights
+
+
+def test_swa_final_is_the_mean_of_the_averaged_epochs(swa_run) -> None:
+    out, epoch_weights = swa_run
+    final = torch.load(out / "final.pt", weights_only=False)
+    last = torch.load(out / "last.pt", weights_only=False)
+    assert len(epoch_weights) == 3 and last["swa_count"] == 2
+    moved = 0
+    for k, v in final["model"].items():
+        if v.is_floating_point():
+            torch.testing.assert_close(v, (epoch_weights[1][k] + epoch_weights[2][k]) / 2, rtol=1e-5, atol=1e-6, msg=k)
+            moved += not torch.allclose(v, last["model"][k])
+        else:
+            assert torch.equal(v, epoch_weights[1][k]), k
+    assert moved > 10  # the average is not the last epoch's weights
+    history = final["history"]
+    assert "swa_epochs" not in history[0] and [r.get("swa_epochs") for r in history[1:]] == [1, 2]
+    assert 0.0 <= history[-1]["swa_val_Acc5"] <= 100.0 and -1.0 <= history[-1]["swa_val_SRCC"] <= 1.0
+    assert "swa_val_SRCC" not in history[-2]
+    loaded, _ = load_checkpoint(out / "final.pt")  # the average is an ordinary checkpoint
+    assert loaded.cfg == S2CNetConfig(**SMALL)
+
+
+def test_swa_state_survives_a_resume(gaicd_dir, swa_run, tmp_path, capsys) -> None:
+    def crash_after_epoch_1(epoch, metrics, ckpt_path):
+        if epoch == 1:
+            raise _Crash
+
+    with pytest.raises(_Crash):
+        train(_cfg(gaicd_dir, tmp_path, epochs=3, swa_from=1), report=crash_after_epoch_1)
+    interrupted = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert interrupted["swa_count"] == 1 and interrupted["swa"] is not None
+    train(_cfg(gaicd_dir, tmp_path, epochs=3, swa_from=1))
+    assert "resumed from" in capsys.readouterr().out
+    resumed = torch.load(tmp_path / "final.pt", weights_only=False)
+    straight = torch.load(swa_run[0] / "final.pt", weights_only=False)
+    assert resumed["history"][-1]["swa_epochs"] == 2
+    for k, v in straight["model"].items():  # epoch 1 is still in the average after the restart
+        torch.testing.assert_close(resumed["model"][k], v, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_scale_jitter_and_swa_from_on_the_command_line(tmp_path) -> None:
+    cfg = parse_args(["--scale-jitter", "224,256", "--swa-from", "3"])
+    assert cfg.scale_jitter == [224, 256] and cfg.swa_from == 3
+    defaults = parse_args([])
+    assert defaults.scale_jitter == [] and defaults.swa_from is None
+    (tmp_path / "c.json").write_text(json.dumps({"scale_jitter": [192, 288]}))
+    assert parse_args(["--config", str(tmp_path / "c.json")]).scale_jitter == [192, 288]
+
+
+def test_export_ships_the_saliency_head(straight_run, tmp_path) -> None:
+    torch.manual_seed(2)
+    head = SaliencyHead()
+    torch.save({"head": head.state_dict(), "val_mae": 0.125}, tmp_path / "head.pt")
+    out = tmp_path / "s2cnet.pt"
+    export_model(straight_run / "final.pt", out, saliency_head=tmp_path / "head.pt")
+    shipped = torch.load(out, weights_only=True)
+    assert set(shipped["saliency_head"]) == set(head.state_dict())
+    for k, v in shipped["saliency_head"].items():
+        assert v.dtype == torch.float16, k
+        torch.testing.assert_close(v.float(), head.state_dict()[k], rtol=1e-3, atol=1e-3)
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["saliency_head_val_mae"] == 0.125 and len(card["history"]) == 3
+    cropper = Cropper.from_pretrained(out)
+    assert cropper.proposer.shares_backbone
+    for k, v in cropper.proposer.head.state_dict().items():
+        torch.testing.assert_close(v, shipped["saliency_head"][k].float(), msg=k)
+    export_model(straight_run / "final.pt", tmp_path / "plain.pt")  # without a head: no entry, no card field
+    assert "saliency_head" not in torch.load(tmp_path / "plain.pt", weights_only=True)
+    assert "saliency_head_val_mae" not in json.loads((tmp_path / "plain.json").read_text())
+
+
+def _write_duts(root: Path, n: int, size: int = 24) -> None:
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(n):
+        pixels = rng.integers(0, 80, (size, size, 3), dtype=np.uint8)
+        mask = np.zeros((size, size), np.uint8)
+        y, x = rng.integers(0, size // 2, 2)
+        pixels[y : y + size // 2, x : x + size // 2] = 230
+        mask[y : y + size // 2, x : x + size // 2] = 255
+        Image.fromarray(pixels).save(root / "images" / f"{i:04d}.jpg")
+        Image.fromarray(mask).save(root / "masks" / f"{i:04d}.png")
+
+
+def test_saliency_head_only_keeps_the_s2cnet_backbone(tmp_path) -> None:
+    """``--backbone-from``: the S2CNet backbone is loaded and frozen (BatchNorm statistics too), only the
+    head learns, and the output is {'head', 'val_mae'} for export."""
+    _write_duts(tmp_path / "duts", 104)  # the first 100 photos are the validation set
+    torch.manual_seed(5)
+    s2c = S2CNet(S2CNetConfig(**SMALL))
+    with torch.no_grad():
+        for m in s2c.backbone.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 2.0)
+    torch.save({"model": s2c.state_dict(), "config": s2c.cfg.to_dict()}, tmp_path / "s2c.pt")
+    out = tmp_path / "head.pt"
+    saliency_main(["--backbone-from", str(tmp_path / "s2c.pt"), "--data", str(tmp_path / "duts"), "--epochs", "1",
+                   "--batch-size", "2", "--size", "32", "--lr", "1e-2", "--out", str(out)])
+
+    saved = torch.load(out, weights_only=True)
+    assert set(saved) == {"head", "val_mae"} and 0.0 <= saved["val_mae"] <= 1.0
+    torch.manual_seed(0)  # main's seed: the head it started from
+    start = SaliencyNet().head.state_dict()
+    assert any(not torch.equal(saved["head"][k], start[k]) for k in start)  # the head learned
+    load_saliency_head(saved["head"])  # and is what the proposer loads
+
+    net = torch.load(out.with_suffix(".resume.pt"), weights_only=False)["model"]
+    reference = {k[len("backbone."):]: v for k, v in s2c.state_dict().items()
+                 if k.startswith("backbone.") and not k.startswith("backbone.reduce")}
+    assert len(reference) > 100
+    for k, v in reference.items():
+        assert torch.equal(net[f"backbone.{k}"], v), k
