@@ -54,9 +54,16 @@ def main(argv: list[str] | None = None) -> None:
     src.add_argument("--saliency", type=Path, help="a DUTS saliency checkpoint")
     ap.add_argument("--saliency-head", type=Path, help="a head fitted by saliency.py --backbone-from (with --checkpoint)")
     ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--command", help="the training command, recorded in the JSON card")
+    ap.add_argument("--metrics", type=Path, help="an evaluate.py --json file, recorded in the JSON card")
     args = ap.parse_args(argv)
     if args.checkpoint:
-        export_model(args.checkpoint, args.out, saliency_head=args.saliency_head)
+        card = {}
+        if args.command:
+            card["training_command"] = args.command
+        if args.metrics:
+            card["test_metrics"] = json.loads(args.metrics.read_text())
+        export_model(args.checkpoint, args.out, card=card, saliency_head=args.saliency_head)
     else:
         export_saliency(args.saliency, args.out)
     print(f"wrote {args.out} ({args.out.stat().st_size / 1e6:.1f} MB)")
