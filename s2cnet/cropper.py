@@ -112,7 +112,8 @@ class Cropper:
         x, scale = model_input(loaded.image, loaded.original_size, self.short_side)
         with torch.no_grad():
             fused = self.model.backbone.fused(x.contiguous(memory_format=torch.channels_last))
-            return self.model.backbone.reduce(fused), fused, scale
+            # RoI/RoDAlign want a contiguous map: converting once here saves a copy per align call
+            return self.model.backbone.reduce(fused).contiguous(), fused, scale
 
     def _start_objects(self, loaded: LoadedImage, objects) -> Future | np.ndarray | None:
         """Given objects as an array; else starts the proposer's image-only stage on the worker thread."""
