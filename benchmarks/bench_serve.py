@@ -124,8 +124,8 @@ def _done(value):
 def breakdown(images: list[bytes], args: dict, repeats: int = 20) -> dict:
     """Median in-process ms per stage of one request (no Ray, no HTTP): where the latency goes.
 
-    Mirrors POST /v1/crops: the service validates the upload, then Cropper.analyse decodes it again
-    (draft mode), runs the backbone, proposes objects, scores every candidate and chooses per ratio.
+    Mirrors POST /v1/crops: the service validates the upload by decoding it in draft mode, hands that
+    image to Cropper.analyse, which runs the backbone, proposes objects, scores every candidate and chooses per ratio.
     Stages run one after another here; inside Cropper.crop the faces run on a worker thread beside
     the backbone, so the Cropper's total is below the sum.
     """
@@ -135,7 +135,7 @@ def breakdown(images: list[bytes], args: dict, repeats: int = 20) -> dict:
 
     svc = CropService(Settings.load(args))
     c = svc.cropper
-    names = ("validate (service.decode)", "cropper decode (draft)", "resize+backbone", "faces (worker thread)",
+    names = ("validate + draft decode (service.decode)", "cropper takes the decoded image", "resize+backbone", "faces (worker thread)",
              "saliency boxes", "candidates", "score candidates", "choose", "sum of stages", "Cropper.crop total")
     stages: dict[str, list[float]] = {k: [] for k in names}
     ratios = RATIOS.split(",")
@@ -143,8 +143,8 @@ def breakdown(images: list[bytes], args: dict, repeats: int = 20) -> dict:
     for i in range(repeats + 2):
         data = images[i % len(images)]
         t = [time.perf_counter()]
-        svc.decode(data); t.append(time.perf_counter())
-        loaded = c._load(data); t.append(time.perf_counter())
+        validated = svc.decode(data); t.append(time.perf_counter())
+        loaded = c._load(validated); t.append(time.perf_counter())  # the route hands its decode over
         feat, fused, scale = c._features(loaded); t.append(time.perf_counter())
         faces = c.proposer.prepare(loaded.image) if c.proposer is not None else None; t.append(time.perf_counter())
         objs = c._finish_objects(loaded, np.zeros((0, 4), np.float32) if c.proposer is None else _done(faces), fused)
@@ -154,7 +154,7 @@ def breakdown(images: list[bytes], args: dict, repeats: int = 20) -> dict:
         scores = c._score(feat, scale, np.concatenate(per_ratio), objs); t.append(time.perf_counter())
         parts = np.split(scores, np.cumsum([len(b) for b in per_ratio])[:-1])
         [c._choose(r, b, s, objs) for r, b, s in zip(ratios, per_ratio, parts)]; t.append(time.perf_counter())
-        c.crop(data, ratios); t.append(time.perf_counter())
+        c.crop(svc.decode(data), ratios); t.append(time.perf_counter())
         n_cand, n_obj = sum(map(len, per_ratio)), len(objs)
         if i >= 2:  # warm-up
             d = np.diff(t) * 1e3
