@@ -23,7 +23,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from pipelines.photos import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, SCHEMA, PhotoError, crop_row, crop_safely,
-                              decode, error_row, reason, rows_table, thumbnail_jpeg, thumbnail_path)
+                              decode, error_row, open_photo, reason, rows_table, thumbnail_jpeg, thumbnail_path)
 from pipelines.storage import InputFile, Location, delete_tree, list_inputs, read_bytes, read_output, write_bytes
 from s2cnet.candidates import parse_ratio
 
@@ -172,7 +172,9 @@ class CropWorker:
             os._exit(1)  # a crash, as an OOM kill or a lost node would look: Ray restarts and retries
 
     def _load(self, item: dict):
-        """(image, None) or (None, reason); runs on the I/O pool (pyarrow and PIL release the GIL)."""
+        """((photo, bytes or None), None) or (None, reason); runs on the I/O pool (pyarrow and PIL
+        release the GIL). The photo is decoded as the Cropper decodes any upload (JPEG draft mode),
+        so a crop never depends on whether thumbnails were asked for; their bytes are kept for them."""
         try:
             if item["size"] > self.spec.max_bytes:
                 raise PhotoError(f"too large: {item['size']} bytes exceeds the limit of {self.spec.max_bytes}")
@@ -180,7 +182,8 @@ class CropWorker:
                 data = read_bytes(self.in_fs, item["path"])
             except Exception as e:
                 raise PhotoError(f"read: {reason(e)}") from e
-            return decode(data, self.spec.max_pixels), None
+            photo = open_photo(data, self.spec.max_pixels, self.cropper.short_side)
+            return (photo, data if self.thumbs is not None else None), None
         except Exception as e:
             return None, reason(e)
 
@@ -191,35 +194,47 @@ class CropWorker:
         loaded = list(self.pool.map(self._load, items))
         rows: list[dict] = []
         by_ratios: dict[tuple, list[int]] = collections.defaultdict(list)
-        for i, (item, (image, err)) in enumerate(zip(items, loaded)):
+        for i, (item, (got, err)) in enumerate(zip(items, loaded)):
             if err is not None:
                 rows.append(error_row(item["key"], err, self.version))
             else:
                 by_ratios[tuple(item["ratios"])].append(i)
-        thumb_jobs = []
+        thumb_jobs = []  # per photo: (its bytes, [(row index, box, path), ...])
         for ratios, idx in by_ratios.items():
-            images = [loaded[i][0] for i in idx]
-            for i, image, crops in zip(idx, images, crop_safely(self.cropper.crop_batch, images, ratios)):
-                key, size = items[i]["key"], image.size
+            photos = [loaded[i][0][0] for i in idx]
+            for i, photo, crops in zip(idx, photos, crop_safely(self.cropper.crop_batch, photos, ratios)):
+                key, size = items[i]["key"], photo.original_size
+                wanted = []
                 for r, c in zip(ratios, crops):
                     if isinstance(c, str):
                         rows.append(error_row(key, c, self.version, size, ratio=r))
                         continue
                     rows.append(crop_row(key, size, r, c, self.version))
                     if self.thumbs is not None:
-                        thumb_jobs.append((len(rows) - 1, image, c.box, thumbnail_path(self.thumbs.root, key, r)))
-        for row_i, err in zip([j[0] for j in thumb_jobs], self.pool.map(self._thumbnail, thumb_jobs)):
-            if err:
-                rows[row_i]["error"] = err
+                        wanted.append((len(rows) - 1, c.box, thumbnail_path(self.thumbs.root, key, r)))
+                if wanted:
+                    thumb_jobs.append((loaded[i][0][1], wanted))
+        for results in self.pool.map(self._thumbnails, thumb_jobs):
+            for row_i, err in results:
+                if err:
+                    rows[row_i]["error"] = err
         return rows_table(rows)
 
-    def _thumbnail(self, job) -> str | None:
-        _, image, box, path = job
+    def _thumbnails(self, job) -> list[tuple[int, str | None]]:
+        """One full-size decode per photo serves all its ratios' thumbnails -> (row index, error)."""
+        data, wanted = job
         try:
-            write_bytes(self.thumb_fs, path, thumbnail_jpeg(image, box, self.spec.thumb_width), "image/jpeg")
-            return None
+            image = decode(data, self.spec.max_pixels)
         except Exception as e:
-            return f"thumbnail: {reason(e)}"
+            return [(row_i, f"thumbnail: {reason(e)}") for row_i, _, _ in wanted]
+        out: list[tuple[int, str | None]] = []
+        for row_i, box, path in wanted:
+            try:
+                write_bytes(self.thumb_fs, path, thumbnail_jpeg(image, box, self.spec.thumb_width), "image/jpeg")
+                out.append((row_i, None))
+            except Exception as e:
+                out.append((row_i, f"thumbnail: {reason(e)}"))
+        return out
 
 
 # -- planning and checking ---------------------------------------------------------------------------

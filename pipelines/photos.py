@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 import pyarrow as pa
 from PIL import Image
 
-from s2cnet.imageio import ImageLoadError, load_image
+from s2cnet.imageio import ImageLoadError, LoadedImage, open_image
 
 SCHEMA = pa.schema([
     ("key", pa.string()),
@@ -57,7 +57,13 @@ def thumbnail_path(root: str, key: str, ratio: str) -> str:
 
 
 def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Upright RGB image; the header is checked first so a decompression bomb is refused, not decoded."""
+    """Upright RGB image at full size; the header is checked first so a decompression bomb is refused."""
+    return open_photo(data, max_pixels).image
+
+
+def open_photo(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, target_short_side: int | None = None) -> LoadedImage:
+    """Upright RGB image, decoded no larger than ``target_short_side`` needs (JPEG draft mode: most of
+    the decode saved when only the model reads the pixels); ``original_size`` is the full size."""
     if not data:
         raise PhotoError("empty file (0 bytes)")
     try:
@@ -74,7 +80,7 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return load_image(data, max_pixels=max_pixels)
+            return open_image(data, target_short_side=target_short_side, max_pixels=max_pixels)
     except PhotoError:
         raise
     except Exception as e:

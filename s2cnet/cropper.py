@@ -103,7 +103,10 @@ class Cropper:
         """Decode no larger than the model needs (JPEG draft mode); boxes stay in full-size pixels.
         A LoadedImage (already decoded that way, e.g. by the service's validation) is used as is."""
         if isinstance(src, LoadedImage):
-            return src
+            if min(src.image.size) // self.short_side < 2:
+                return src
+            # decoded at full size (e.g. for thumbnails): reduce it as an upload's decode would be
+            return LoadedImage(open_image(src.image, target_short_side=self.short_side).image, src.original_size, src.format)
         return open_image(src, target_short_side=self.short_side)
 
     def _features(self, loaded: LoadedImage) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
