@@ -194,7 +194,7 @@ class CropWorker:
         loaded = list(self.pool.map(self._load, items))
         rows: list[dict] = []
         by_ratios: dict[tuple, list[int]] = collections.defaultdict(list)
-        for i, (item, (got, err)) in enumerate(zip(items, loaded)):
+        for i, (item, (_, err)) in enumerate(zip(items, loaded)):
             if err is not None:
                 rows.append(error_row(item["key"], err, self.version))
             else:

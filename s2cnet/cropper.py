@@ -101,11 +101,9 @@ class Cropper:
     # -- internals -------------------------------------------------------------------------------
     def _load(self, src) -> LoadedImage:
         """Decode no larger than the model needs (JPEG draft mode); boxes stay in full-size pixels.
-        A LoadedImage (already decoded that way, e.g. by the service's validation) is used as is."""
+        An already decoded LoadedImage (e.g. the service's validation) keeps its full-size record; the
+        loader reduces its pixels as it would an upload's (a no-op when they are small already)."""
         if isinstance(src, LoadedImage):
-            if min(src.image.size) // self.short_side < 2:
-                return src
-            # decoded at full size (e.g. for thumbnails): reduce it as an upload's decode would be
             return LoadedImage(open_image(src.image, target_short_side=self.short_side).image, src.original_size, src.format)
         return open_image(src, target_short_side=self.short_side)
 

@@ -170,14 +170,13 @@ def train(cfg: TrainConfig, report=None) -> dict[str, float]:
                     "swa": swa, "swa_count": swa_count}, ckpt_path)
         if report is not None:
             report(epoch, val, ckpt_path)
-    if swa is not None and history and "swa_val_SRCC" not in history[-1]:
+    if swa is not None:
         model.load_state_dict(swa)
-        val = evaluate_on(model, val_set)
-        history[-1].update({"swa_val_SRCC": val["SRCC"], "swa_val_Acc5": val["Acc5"], "swa_val_Acc10": val["Acc10"]})
-        print(f"weight average of {swa_count} epochs: val_SRCC {val['SRCC']:.4f} val_Acc5 {val['Acc5']:.2f} "
-              f"val_Acc10 {val['Acc10']:.2f}", flush=True)
-    elif swa is not None:
-        model.load_state_dict(swa)
+        if history and "swa_val_SRCC" not in history[-1]:
+            val = evaluate_on(model, val_set)
+            history[-1].update({"swa_val_SRCC": val["SRCC"], "swa_val_Acc5": val["Acc5"], "swa_val_Acc10": val["Acc10"]})
+            print(f"weight average of {swa_count} epochs: val_SRCC {val['SRCC']:.4f} val_Acc5 {val['Acc5']:.2f} "
+                  f"val_Acc10 {val['Acc10']:.2f}", flush=True)
     torch.save({"model": model.state_dict(), "config": asdict(cfg.model), "history": history}, out / "final.pt")
     return history[-1] if history else {}
 
