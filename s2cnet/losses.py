@@ -1,4 +1,5 @@
-"""Training objective: regression on normalised MOS plus a pairwise ranking loss (S2CNet, eq. 10)."""
+"""Training objective: regression on normalised MOS plus a pairwise ranking loss (S2CNet, eq. 10),
+and optionally a listwise term that concentrates on the few best crops, which is what Acc_K/N scores."""
 
 from __future__ import annotations
 
@@ -26,9 +27,25 @@ def ranking_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.relu(dt - dp)[pairs].mean()
 
 
-def crop_loss(pred: torch.Tensor, mos: torch.Tensor, reg_weight: float = 1.0, rank_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+def listwise_loss(pred: torch.Tensor, target: torch.Tensor, temperature: float = 0.25) -> torch.Tensor:
+    """Cross-entropy between softmax(target / T) and softmax(pred / T) over one image's crops (ListNet).
+
+    Pairwise hinges weigh every ordered pair alike, and most pairs are two mediocre crops; with a low
+    temperature the target mass sits on the top few crops, so their order dominates the gradient.
+    """
+    p_target = torch.softmax(target / temperature, dim=0)
+    return -(p_target * torch.log_softmax(pred / temperature, dim=0)).sum() + (p_target * torch.log(p_target.clamp(min=1e-12))).sum()
+
+
+def crop_loss(pred: torch.Tensor, mos: torch.Tensor, reg_weight: float = 1.0, rank_weight: float = 1.0,
+              listwise_weight: float = 0.0, listwise_temperature: float = 0.25) -> tuple[torch.Tensor, dict[str, float]]:
     target = normalise_mos(mos)
     reg = F.smooth_l1_loss(pred, target)
     rank = ranking_loss(pred, target)
     loss = reg_weight * reg + rank_weight * rank
-    return loss, {"reg": reg.item(), "rank": rank.item()}
+    parts = {"reg": reg.item(), "rank": rank.item()}
+    if listwise_weight:
+        listwise = listwise_loss(pred, target, listwise_temperature)
+        loss = loss + listwise_weight * listwise
+        parts["listwise"] = listwise.item()
+    return loss, parts

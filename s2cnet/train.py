@@ -29,7 +29,7 @@ from s2cnet.model import S2CNet, S2CNetConfig
 class TrainConfig:
     data: str = "../shared/data/gaicd"
     out: str = "runs/s2cnet"
-    init: str | None = None  # saliency-pretrained (DUTS) or ImageNet backbone checkpoint
+    init: str | None = None  # saliency-pretrained (DUTS) or ImageNet backbone, or a whole S2CNet to fine-tune
     epochs: int = 16
     lr: float = 3e-4
     backbone_lr: float = 1e-4
@@ -37,6 +37,8 @@ class TrainConfig:
     warmup_steps: int = 200
     reg_weight: float = 1.0
     rank_weight: float = 1.0
+    listwise_weight: float = 0.0  # ListNet term on the top crops (0: the paper's loss)
+    listwise_temperature: float = 0.25
     freeze_stage8: bool = True  # the stride-8 layers keep their pretrained weights (and save CPU)
     val_size: int = 60  # images carved from train for validation
     limit: int | None = None  # train on the first N training images (smoke runs, tests)
@@ -66,10 +68,15 @@ def split_train_val(root: str | Path, val_size: int, seed: int) -> tuple[list[st
 
 
 def load_backbone_init(model: S2CNet, path: str | Path) -> None:
-    """Accepts a saliency checkpoint (keys 'backbone.*') or a full S2CNet state dict."""
+    """Accepts a saliency checkpoint (keys 'backbone.*'): its backbone, but not its reduction, which
+    fed a different head; or a whole S2CNet state dict of the same architecture: every weight, to
+    fine-tune it (a second stage with other settings, e.g. the stride-8 stage unfrozen)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("model", state)
     own = model.state_dict()
+    if set(state) == set(own) and all(own[k].shape == v.shape for k, v in state.items()):
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        return
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape and not k.startswith("backbone.reduce")}
     if not any(k.startswith("backbone.") for k in matched):
         raise ValueError(f"{path} holds no backbone weights")
@@ -147,7 +154,7 @@ def train(cfg: TrainConfig, report=None) -> dict[str, float]:
         for i in order:
             s = train_set[i]
             pred = model(s.image[None], s.crops, s.objects if cfg.model.use_graph else None)
-            loss, parts = crop_loss(pred, s.mos, cfg.reg_weight, cfg.rank_weight)
+            loss, parts = crop_loss(pred, s.mos, cfg.reg_weight, cfg.rank_weight, cfg.listwise_weight, cfg.listwise_temperature)
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
