@@ -9,12 +9,16 @@ from __future__ import annotations
 import io
 import struct
 import zlib
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 from PIL import Image
 
 from pipelines.samples import augmented_photos
+
+if TYPE_CHECKING:
+    from pipelines.batch import ModelSpec
 
 
 def _save(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -71,7 +75,7 @@ def expected_rows(files: dict, ratios: list[str]) -> int:
     return sum(1 if isinstance(exp, tuple) and exp[0] == "error" else len(ratios) for _, exp in files.values())
 
 
-def model_for_tests(tmp_dir) -> tuple["ModelSpec", list[str]]:
+def model_for_tests(tmp_dir) -> tuple[ModelSpec, list[str]]:
     """The committed weights when they exist (Cropper.from_pretrained), else a saved random-weight
     checkpoint loaded the same way; returns the ModelSpec and the matching crop_bucket arguments."""
     from pathlib import Path

@@ -135,6 +135,16 @@ def test_backbone_init_from_saliency_checkpoint(tmp_path) -> None:
         load_backbone_init(model, tmp_path / "bad.pt")
 
 
+def test_init_from_a_whole_s2cnet_loads_every_weight(tmp_path) -> None:
+    torch.manual_seed(2)
+    trained = S2CNet(S2CNetConfig(**SMALL))
+    torch.save({"model": trained.state_dict(), "epoch": 3}, tmp_path / "last.pt")  # a train.py checkpoint
+    model = S2CNet(S2CNetConfig(**SMALL))
+    load_backbone_init(model, tmp_path / "last.pt")
+    for k, v in trained.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[k], v, msg=k)  # the reduction and the head too
+
+
 def test_parse_args_and_config_validation(tmp_path) -> None:
     (tmp_path / "best.json").write_text(json.dumps({"lr": 0.01, "model": {"num_layers": 3}}))
     cfg = parse_args(["--config", str(tmp_path / "best.json"), "--epochs", "2", "--freeze-stage8", "false",

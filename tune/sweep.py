@@ -26,7 +26,7 @@ import math
 import os
 import shutil
 import sys
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import urlparse
 
