@@ -1,9 +1,11 @@
 """Training checkpoints -> the small fp16 files shipped in ``s2cnet/weights/``.
 
-    python -m s2cnet.export --checkpoint runs/s2cnet/final.pt --saliency-head runs/saliency_head.pt \
+    python -m s2cnet.export --checkpoint runs/s2cnet --saliency-head runs/saliency_head.pt \
         --out s2cnet/weights/s2cnet.pt
     python -m s2cnet.export --saliency runs/saliency.pt --out s2cnet/weights/saliency.pt
 
+A run directory stands for whichever of its last epoch (last.pt) and its weight average (final.pt)
+scored the higher validation SRCC: the choice is made on the held-out photos, never on test.
 fp16 halves the files (the repo keeps weights under 25 MB); loaders widen them back to fp32.
 """
 
@@ -16,6 +18,7 @@ from pathlib import Path
 import torch
 
 from s2cnet.cropper import model_config
+from s2cnet.train import chosen_checkpoint
 
 
 def _half(state: dict) -> dict:
@@ -24,14 +27,15 @@ def _half(state: dict) -> dict:
 
 def export_model(checkpoint: str | Path, out: str | Path, card: dict | None = None,
                  saliency_head: str | Path | None = None) -> None:
-    """A train.py checkpoint (final.pt or last.pt) -> {'model', 'config'[, 'saliency_head']} plus a
+    """A train.py checkpoint or run directory -> {'model', 'config'[, 'saliency_head']} plus a
     JSON card beside it. The saliency head must have been fitted on this checkpoint's backbone."""
+    checkpoint = chosen_checkpoint(checkpoint)
     ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
     config = model_config(ck)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     shipped = {"model": _half(ck["model"]), "config": config}
-    info = {"config": config, "history": ck.get("history", []), **(card or {})}
+    info = {"config": config, "checkpoint": str(checkpoint), "history": ck.get("history", []), **(card or {})}
     if saliency_head is not None:
         head = torch.load(saliency_head, map_location="cpu", weights_only=True)
         shipped["saliency_head"] = _half(head["head"])
@@ -50,7 +54,7 @@ def export_saliency(checkpoint: str | Path, out: str | Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", type=Path, help="an S2CNet training checkpoint")
+    src.add_argument("--checkpoint", type=Path, help="an S2CNet training checkpoint, or its run directory (see above)")
     src.add_argument("--saliency", type=Path, help="a DUTS saliency checkpoint")
     ap.add_argument("--saliency-head", type=Path, help="a head fitted by saliency.py --backbone-from (with --checkpoint)")
     ap.add_argument("--out", type=Path, required=True)

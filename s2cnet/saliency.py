@@ -9,7 +9,7 @@ that object whole, so this is a relevant pretext task; the same head later propo
 After S2CNet is trained, a second run fits only the head on S2CNet's frozen backbone, so the shipped
 proposer reads the features the crop scorer computes anyway (one backbone pass per photo):
 
-    python -m s2cnet.saliency --backbone-from runs/s2cnet/final.pt --init runs/saliency.pt \
+    python -m s2cnet.saliency --backbone-from runs/s2cnet --init runs/saliency.pt \
         --out runs/saliency_head.pt --epochs 2 --lr 1e-3
 """
 
@@ -27,6 +27,7 @@ from PIL import Image
 from torch import nn
 
 from s2cnet.backbone import FUSED_CHANNELS, FusedMobileNetV2
+from s2cnet.train import chosen_checkpoint
 from s2cnet.transforms import IMAGENET_MEAN, IMAGENET_STD, photometric_jitter
 
 
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--init", type=Path, default=None, help="start from this saliency checkpoint")
     ap.add_argument("--backbone-from", type=Path, default=None,
-                    help="an S2CNet checkpoint: freeze its backbone and fit only the head (saves {'head': ...})")
+                    help="an S2CNet checkpoint or run directory: freeze its backbone and fit only the head (saves {'head': ...})")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     if args.threads:
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         net.load_state_dict({k: v.float() for k, v in state.get("model", state).items()})
     head_only = args.backbone_from is not None
     if head_only:
-        ck = torch.load(args.backbone_from, map_location="cpu", weights_only=True)
+        ck = torch.load(chosen_checkpoint(args.backbone_from), map_location="cpu", weights_only=True)
         backbone = {k[len("backbone."):]: v.float() for k, v in ck["model"].items()
                     if k.startswith("backbone.") and not k.startswith("backbone.reduce")}
         net.backbone.load_state_dict(backbone, strict=False)

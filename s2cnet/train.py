@@ -188,6 +188,20 @@ def train(cfg: TrainConfig, report=None) -> dict[str, float]:
     return history[-1] if history else {}
 
 
+def chosen_checkpoint(run: str | Path) -> Path:
+    """A checkpoint file is itself. A run directory gives its last epoch (last.pt) when that scored a
+    higher validation SRCC than the weight average (final.pt), else final.pt: chosen on held-out
+    photos, never on test."""
+    run = Path(run)
+    if run.is_file():
+        return run
+    history = torch.load(run / "final.pt", map_location="cpu", weights_only=False).get("history", [])
+    row = history[-1] if history else {}
+    if "swa_val_SRCC" in row and row["val_SRCC"] > row["swa_val_SRCC"]:
+        return run / "last.pt"
+    return run / "final.pt"
+
+
 def update_average(avg: dict[str, torch.Tensor] | None, count: int,
                    state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], int]:
     """Running mean of weights (SWA): flatter minima than the last epoch's, for free, since BatchNorm is frozen."""

@@ -17,7 +17,7 @@ from s2cnet.model import S2CNet, S2CNetConfig
 from s2cnet.proposals import load_saliency_head
 from s2cnet.saliency import SaliencyHead, SaliencyNet
 from s2cnet.saliency import main as saliency_main
-from s2cnet.train import TrainConfig, load_backbone_init, parse_args, train, update_average
+from s2cnet.train import TrainConfig, chosen_checkpoint, load_backbone_init, parse_args, train, update_average
 from synthetic_gaicd import write_gaicd
 
 SMALL = dict(node_dim=64, num_heads=4)
@@ -302,3 +302,19 @@ def test_saliency_head_only_keeps_the_s2cnet_backbone(tmp_path) -> None:
     assert len(reference) > 100
     for k, v in reference.items():
         assert torch.equal(net[f"backbone.{k}"], v), k
+
+
+def test_a_run_directory_ships_whichever_of_last_and_average_validated_better(tmp_path) -> None:
+    def run(name: str, last_row: dict) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        torch.save({"model": {}, "config": {}, "history": [{"val_SRCC": 0.1}, last_row]}, d / "final.pt")
+        return d
+
+    better_last = run("a", {"val_SRCC": 0.70, "swa_val_SRCC": 0.69})
+    better_average = run("b", {"val_SRCC": 0.68, "swa_val_SRCC": 0.69})
+    no_average = run("c", {"val_SRCC": 0.70})
+    assert chosen_checkpoint(better_last) == better_last / "last.pt"
+    assert chosen_checkpoint(better_average) == better_average / "final.pt"
+    assert chosen_checkpoint(no_average) == no_average / "final.pt"  # without SWA final.pt is the last epoch
+    assert chosen_checkpoint(better_last / "final.pt") == better_last / "final.pt"  # a file is taken as given
