@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -56,6 +57,24 @@ def test_export_config_is_accepted_by_train_cli(tmp_path):
     assert {k: getattr(cfg.model, k) for k in sweep.MODEL_KEYS} == {k: c[k] for k in sweep.MODEL_KEYS}
     # sweep-only sizes go back to full-training defaults
     assert (cfg.epochs, cfg.limit, cfg.val_size) == (TrainConfig().epochs, None, TrainConfig().val_size)
+
+
+def test_leaderboard_lists_trials_that_reported_or_failed_best_first():
+    import pandas as pd
+
+    config = {"edge_strategy": "disemb", "distance_threshold": 0.3, "num_layers": 1, "num_heads": 4,
+              "max_objects": 5, "use_gate": True, "lr": 1e-3, "rank_weight": 1.0}
+
+    def result(trial: str, srcc: float | None, error: Exception | None = None, started: bool = True):
+        epochs = [] if srcc is None else [{"epoch": 1, "SRCC": srcc, "Acc5": 10.0, "trial_id": trial}]
+        return SimpleNamespace(config=config if started else None, error=error, path=f"/x/{trial}",
+                               metrics=epochs[-1] if epochs else {}, metrics_dataframe=pd.DataFrame(epochs))
+
+    grid = [result("a", 0.5), result("b", 0.7), result("silent", None), result("unborn", None, started=False),
+            result("crashed", None, error=RuntimeError("out of memory"))]
+    rows = sweep.leaderboard(grid)
+    assert [r["trial"] for r in rows] == ["b", "a", "crashed"]  # a trial that has said nothing yet is only unfinished
+    assert [r["rank"] for r in rows] == [1, 2, 3] and rows[2]["status"] == "ERROR" and math.isnan(rows[2]["SRCC"])
 
 
 def test_edge_summary_pairs_draws_by_their_other_hyperparameters():

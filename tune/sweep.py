@@ -191,11 +191,13 @@ def history(result) -> list[dict]:
 
 
 def leaderboard(grid) -> list[dict]:
-    """One row per trial (its last reported epoch), best SRCC first."""
+    """One row per trial that reported an epoch or failed (its last reported epoch), best SRCC first.
+    A trial created but silent yet is only counted as unfinished: an interrupted run's in-memory grid
+    may hold it while the state saved on disk does not, and both must give the same table."""
     rows = []
     for r in grid:
         m = r.metrics or {}
-        if r.config is None:  # never started
+        if r.config is None or (not r.error and "epoch" not in m):
             continue
         row = {"trial": m.get("trial_id") or (Path(r.path).name if r.path else "?"), **{k: r.config[k] for k in MODEL_KEYS + TRAIN_KEYS},
                "epochs": m.get("epoch", 0), "SRCC": m.get("SRCC", math.nan), "Acc5": m.get("Acc5", math.nan),
