@@ -43,6 +43,7 @@ class TrainConfig:
     val_size: int = 60  # images carved from train for validation
     limit: int | None = None  # train on the first N training images (smoke runs, tests)
     seed: int = 0
+    val_seed: int | None = None  # draws the validation split (default: seed); fix it to compare seeds on the same photos
     threads: int | None = None
     progress_every: int = 100  # steps between progress lines (0: epoch lines only)
     swa_from: int | None = None  # average the weights of every epoch end from this epoch on (SWA); final.pt holds the average
@@ -109,7 +110,7 @@ def train(cfg: TrainConfig, report=None) -> dict[str, float]:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    train_ids, val_ids = split_train_val(cfg.data, cfg.val_size, cfg.seed)
+    train_ids, val_ids = split_train_val(cfg.data, cfg.val_size, cfg.seed if cfg.val_seed is None else cfg.val_seed)
     train_ids = train_ids[: cfg.limit] if cfg.limit else train_ids
     train_set = GAICD(cfg.data, "train", augment=True, seed=cfg.seed, ids=train_ids, scale_jitter=tuple(cfg.scale_jitter))
     val_set = GAICD(cfg.data, "train", ids=val_ids)
@@ -142,6 +143,7 @@ def train(cfg: TrainConfig, report=None) -> dict[str, float]:
         torch.set_rng_state(ck["torch_rng"])
         print(f"resumed from {ckpt_path} at epoch {start_epoch}", flush=True)
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    (out / "val_ids.json").write_text(json.dumps(val_ids))  # runs are only comparable on the same held-out photos
 
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.time()

@@ -318,3 +318,18 @@ def test_a_run_directory_ships_whichever_of_last_and_average_validated_better(tm
     assert chosen_checkpoint(better_average) == better_average / "final.pt"
     assert chosen_checkpoint(no_average) == no_average / "final.pt"  # without SWA final.pt is the last epoch
     assert chosen_checkpoint(better_last / "final.pt") == better_last / "final.pt"  # a file is taken as given
+
+
+def test_val_seed_holds_out_the_same_photos_whatever_the_training_seed(tmp_path) -> None:
+    data = tmp_path / "gaicd"
+    write_gaicd(data, n_images=8, size=(96, 64))
+
+    def held_out(name: str, **kw) -> list[str]:
+        cfg = TrainConfig(data=str(data), out=str(tmp_path / name), epochs=1, limit=1, val_size=3, threads=1,
+                          progress_every=0, model=S2CNetConfig(**SMALL), **kw)
+        train(cfg)
+        return json.loads((tmp_path / name / "val_ids.json").read_text())
+
+    seed0, seed1 = held_out("s0", seed=0), held_out("s1", seed=1)
+    assert len(seed0) == 3 and seed0 != seed1  # by default the seed also draws the split
+    assert held_out("s1v0", seed=1, val_seed=0) == seed0
