@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Reproduces the shipped weights end to end on a 2-core CPU machine (resumable: rerun after a stop).
 #   1. DUTS saliency pretraining of the backbone: a 12-epoch one-cycle schedule (~35 min on 2 cores)
-#   2. S2CNet and the graph-free GAIC-style baseline, same recipe, trained side by side (one core each):
-#      12 epochs, multi-scale short sides, weights averaged over epochs 5-11 (SWA)
+#   2. S2CNet twice, seeds 0 and 1 on the same validation photos (--val-seed 0), side by side on one
+#      core each: 12 epochs, multi-scale short sides, weights averaged over epochs 5-11 (SWA). Then the
+#      graph-free GAIC-style baseline, same recipe, seed 0
 #   3. a saliency head fitted on S2CNet's frozen backbone: the proposer then reads the features the
 #      crop scorer computes anyway (one backbone pass per photo)
 #   4. export fp16 weights into s2cnet/weights/ and evaluate on the GAICD test split. Each run directory
@@ -18,11 +19,22 @@ RECIPE=(--init runs/saliency12.pt --epochs "$EPOCHS" --swa-from "$SWA_FROM" --sc
 mkdir -p runs
 [ -f runs/saliency12.pt ] || $PY -m s2cnet.saliency --data "$DATA/duts" --epochs 12 --threads 2 --out runs/saliency12.pt
 $PY -m s2cnet.train --data "$DATA/gaicd" --out runs/s2cnet_v4 "${RECIPE[@]}" &
-$PY -m s2cnet.train --data "$DATA/gaicd" --out runs/gaic_v4 "${RECIPE[@]}" --model use_graph=false &
+$PY -m s2cnet.train --data "$DATA/gaicd" --out runs/s2cnet_v4s1v0 "${RECIPE[@]}" --seed 1 --val-seed 0 &
 wait
-[ -f runs/saliency_head_v4.pt ] || $PY -m s2cnet.saliency --data "$DATA/duts" --backbone-from runs/s2cnet_v4 \
-    --init runs/saliency12.pt --epochs 1 --lr 1e-3 --threads 2 --out runs/saliency_head_v4.pt
-$PY -m s2cnet.export --checkpoint runs/s2cnet_v4 --saliency-head runs/saliency_head_v4.pt --out s2cnet/weights/s2cnet.pt
+# the seed whose chosen checkpoint (last epoch or weight average) has the higher validation SRCC ships
+BEST=$($PY -c "
+import sys, torch
+from s2cnet.train import chosen_checkpoint
+def val(run):
+    row = torch.load(f'{run}/final.pt', weights_only=False)['history'][-1]
+    return row['swa_val_SRCC'] if chosen_checkpoint(run).name == 'final.pt' else row['val_SRCC']
+print(max(sys.argv[1:], key=val))" runs/s2cnet_v4 runs/s2cnet_v4s1v0)
+echo "shipping $BEST"
+$PY -m s2cnet.train --data "$DATA/gaicd" --out runs/gaic_v4 "${RECIPE[@]}" --model use_graph=false &
+[ -f "$BEST.head.pt" ] || $PY -m s2cnet.saliency --data "$DATA/duts" --backbone-from "$BEST" \
+    --init runs/saliency12.pt --epochs 1 --lr 1e-3 --threads 1 --out "$BEST.head.pt"
+wait
+$PY -m s2cnet.export --checkpoint "$BEST" --saliency-head "$BEST.head.pt" --out s2cnet/weights/s2cnet.pt
 $PY -m s2cnet.export --checkpoint runs/gaic_v4 --out s2cnet/weights/gaic_baseline.pt
 $PY -m s2cnet.export --saliency runs/saliency12.pt --out s2cnet/weights/saliency.pt
-$PY -m s2cnet.evaluate --data "$DATA/gaicd" --split test --objects all --json runs/eval_v4.json
+$PY -m s2cnet.evaluate --data "$DATA/gaicd" --split test --objects all --json runs/eval.json
