@@ -197,11 +197,24 @@ def chosen_checkpoint(run: str | Path) -> Path:
     run = Path(run)
     if run.is_file():
         return run
-    history = torch.load(run / "final.pt", map_location="cpu", weights_only=False).get("history", [])
-    row = history[-1] if history else {}
+    row = _last_row(run)
     if "swa_val_SRCC" in row and row["val_SRCC"] > row["swa_val_SRCC"]:
         return run / "last.pt"
     return run / "final.pt"
+
+
+def best_run(runs: list[str | Path]) -> Path:
+    """Of runs validated on the same photos (--val-seed), the one whose chosen checkpoint scored the
+    highest validation SRCC."""
+    def score(run: Path) -> float:
+        row = _last_row(run)
+        return row.get("swa_val_SRCC", row["val_SRCC"]) if chosen_checkpoint(run).name == "final.pt" else row["val_SRCC"]
+    return max((Path(r) for r in runs), key=score)
+
+
+def _last_row(run: Path) -> dict:
+    history = torch.load(run / "final.pt", map_location="cpu", weights_only=False).get("history", [])
+    return history[-1] if history else {}
 
 
 def update_average(avg: dict[str, torch.Tensor] | None, count: int,

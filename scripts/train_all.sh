@@ -22,13 +22,7 @@ $PY -m s2cnet.train --data "$DATA/gaicd" --out runs/s2cnet_v4 "${RECIPE[@]}" &
 $PY -m s2cnet.train --data "$DATA/gaicd" --out runs/s2cnet_v4s1v0 "${RECIPE[@]}" --seed 1 --val-seed 0 &
 wait
 # the seed whose chosen checkpoint (last epoch or weight average) has the higher validation SRCC ships
-BEST=$($PY -c "
-import sys, torch
-from s2cnet.train import chosen_checkpoint
-def val(run):
-    row = torch.load(f'{run}/final.pt', weights_only=False)['history'][-1]
-    return row['swa_val_SRCC'] if chosen_checkpoint(run).name == 'final.pt' else row['val_SRCC']
-print(max(sys.argv[1:], key=val))" runs/s2cnet_v4 runs/s2cnet_v4s1v0)
+BEST=$($PY -c "import sys; from s2cnet.train import best_run; print(best_run(sys.argv[1:]))" runs/s2cnet_v4 runs/s2cnet_v4s1v0)
 echo "shipping $BEST"
 $PY -m s2cnet.train --data "$DATA/gaicd" --out runs/gaic_v4 "${RECIPE[@]}" --model use_graph=false &
 [ -f "$BEST.head.pt" ] || $PY -m s2cnet.saliency --data "$DATA/duts" --backbone-from "$BEST" \

@@ -17,7 +17,7 @@ from s2cnet.model import S2CNet, S2CNetConfig
 from s2cnet.proposals import load_saliency_head
 from s2cnet.saliency import SaliencyHead, SaliencyNet
 from s2cnet.saliency import main as saliency_main
-from s2cnet.train import TrainConfig, chosen_checkpoint, load_backbone_init, parse_args, train, update_average
+from s2cnet.train import TrainConfig, best_run, chosen_checkpoint, load_backbone_init, parse_args, train, update_average
 from synthetic_gaicd import write_gaicd
 
 SMALL = dict(node_dim=64, num_heads=4)
@@ -318,6 +318,9 @@ def test_a_run_directory_ships_whichever_of_last_and_average_validated_better(tm
     assert chosen_checkpoint(better_average) == better_average / "final.pt"
     assert chosen_checkpoint(no_average) == no_average / "final.pt"  # without SWA final.pt is the last epoch
     assert chosen_checkpoint(better_last / "final.pt") == better_last / "final.pt"  # a file is taken as given
+    # across runs: each scored by its chosen checkpoint (a: last 0.70; b: average 0.69; c: 0.70 without SWA)
+    assert best_run([better_average, better_last]) == better_last
+    assert best_run([better_average, run("d", {"val_SRCC": 0.60, "swa_val_SRCC": 0.695})]) == tmp_path / "d"
 
 
 def test_val_seed_holds_out_the_same_photos_whatever_the_training_seed(tmp_path) -> None:
