@@ -206,9 +206,9 @@ def chosen_checkpoint(run: str | Path) -> Path:
 def best_run(runs: list[str | Path]) -> Path:
     """Of runs validated on the same photos (--val-seed), the one whose chosen checkpoint scored the
     highest validation SRCC."""
-    def score(run: Path) -> float:
+    def score(run: Path) -> float:  # chosen_checkpoint keeps the better of the two, so its score is their max
         row = _last_row(run)
-        return row.get("swa_val_SRCC", row["val_SRCC"]) if chosen_checkpoint(run).name == "final.pt" else row["val_SRCC"]
+        return max(row["val_SRCC"], row.get("swa_val_SRCC", row["val_SRCC"]))
     return max((Path(r) for r in runs), key=score)
 
 
