@@ -197,24 +197,22 @@ def chosen_checkpoint(run: str | Path) -> Path:
     run = Path(run)
     if run.is_file():
         return run
-    row = _last_row(run)
-    if "swa_val_SRCC" in row and row["val_SRCC"] > row["swa_val_SRCC"]:
-        return run / "last.pt"
-    return run / "final.pt"
+    return _choice(run)[0]
 
 
 def best_run(runs: list[str | Path]) -> Path:
     """Of runs validated on the same photos (--val-seed), the one whose chosen checkpoint scored the
     highest validation SRCC."""
-    def score(run: Path) -> float:  # chosen_checkpoint keeps the better of the two, so its score is their max
-        row = _last_row(run)
-        return max(row["val_SRCC"], row.get("swa_val_SRCC", row["val_SRCC"]))
-    return max((Path(r) for r in runs), key=score)
+    return max((Path(r) for r in runs), key=lambda run: _choice(run)[1])
 
 
-def _last_row(run: Path) -> dict:
+def _choice(run: Path) -> tuple[Path, float | None]:
+    """A run directory's chosen checkpoint and the validation SRCC it scored: one rule for both callers."""
     history = torch.load(run / "final.pt", map_location="cpu", weights_only=False).get("history", [])
-    return history[-1] if history else {}
+    row = history[-1] if history else {}
+    if "swa_val_SRCC" in row and row["val_SRCC"] > row["swa_val_SRCC"]:
+        return run / "last.pt", row["val_SRCC"]
+    return run / "final.pt", row.get("swa_val_SRCC", row.get("val_SRCC"))
 
 
 def update_average(avg: dict[str, torch.Tensor] | None, count: int,
