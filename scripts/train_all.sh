@@ -33,7 +33,13 @@ $PY -m s2cnet.train --data "$DATA/gaicd" --out runs/gaic_v6lw "${RECIPE[@]}" --s
 [ -f "$BEST.head.pt" ] || $PY -m s2cnet.saliency --data "$DATA/duts" --backbone-from "$BEST" \
     --init runs/saliency24.pt --epochs 1 --lr 1e-3 --threads 1 --out "$BEST.head.pt"
 wait
-$PY -m s2cnet.export --checkpoint "$BEST" --saliency-head "$BEST.head.pt" --out s2cnet/weights/s2cnet.pt
-$PY -m s2cnet.export --checkpoint runs/gaic_v6lw --out s2cnet/weights/gaic_baseline.pt
+export_weights() {  # the cards record the training command, and the test metrics once they exist
+    $PY -m s2cnet.export --checkpoint "$BEST" --saliency-head "$BEST.head.pt" --out s2cnet/weights/s2cnet.pt \
+        --command "bash scripts/train_all.sh  # seeds 0 and 1 (--val-seed 0) of: python -m s2cnet.train ${RECIPE[*]}; shipped: $BEST" "$@"
+    $PY -m s2cnet.export --checkpoint runs/gaic_v6lw --out s2cnet/weights/gaic_baseline.pt \
+        --command "bash scripts/train_all.sh  # seed 0 of: python -m s2cnet.train ${RECIPE[*]} --model use_graph=false" "$@"
+}
+export_weights
 $PY -m s2cnet.export --saliency runs/saliency24.pt --out s2cnet/weights/saliency.pt
 $PY -m s2cnet.evaluate --data "$DATA/gaicd" --split test --objects all --json runs/eval.json
+export_weights --metrics runs/eval.json
