@@ -17,6 +17,23 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 FUSED_CHANNELS = 32 + 96 + 320  # MobileNetV2 widths at strides 8, 16 and 32
 
 
+STAGES = (("stage8", range(0, 7)), ("stage16", range(7, 14)), ("stage32", range(14, 18)))
+
+
+def from_torchvision_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """torchvision's MobileNetV2 state dict (``features.N.*``, e.g. its ImageNet checkpoint) keyed as
+    FusedMobileNetV2's stages; the 1280-channel last conv and the classifier have no place here."""
+    out = {}
+    for key, value in state.items():
+        parts = key.split(".")
+        if parts[0] != "features" or not parts[1].isdigit():
+            continue
+        stage = next((name for name, layers in STAGES if int(parts[1]) in layers), None)
+        if stage is not None:
+            out[".".join([stage, *parts[1:]])] = value
+    return out
+
+
 class FusedMobileNetV2(nn.Module):
     """torchvision's MobileNetV2 ``features`` split into three stages and fused at stride 16."""
 
@@ -28,6 +45,7 @@ class FusedMobileNetV2(nn.Module):
             state = torch.load(imagenet_weights, map_location="cpu", weights_only=True)
             net.load_state_dict(state)
         features = net.features
+        # sliced Sequentials keep torchvision's layer numbers (stage16.7 is features.7): see STAGES
         self.stage8 = features[:7]  # 32 channels, stride 8
         self.stage16 = features[7:14]  # 96 channels, stride 16
         self.stage32 = features[14:18]  # 320 channels, stride 32

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from s2cnet.backbone import from_torchvision_state
 from s2cnet.data import GAICD
 from s2cnet.losses import crop_loss
 from s2cnet.metrics import average_metrics, image_metrics
@@ -70,10 +71,13 @@ def split_train_val(root: str | Path, val_size: int, seed: int) -> tuple[list[st
 
 def load_backbone_init(model: S2CNet, path: str | Path) -> None:
     """Accepts a saliency checkpoint (keys 'backbone.*'): its backbone, but not its reduction, which
-    fed a different head; or a whole S2CNet state dict of the same architecture: every weight, to
-    fine-tune it (a second stage with other settings, e.g. the stride-8 stage unfrozen)."""
+    fed a different head; torchvision's own MobileNetV2 checkpoint (e.g. its ImageNet weights, for
+    users who have the file): its features; or a whole S2CNet state dict of the same architecture:
+    every weight, to fine-tune it (a second stage with other settings, e.g. the stride-8 stage unfrozen)."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("model", state)
+    if any(k.startswith("features.") for k in state):
+        state = {f"backbone.{k}": v for k, v in from_torchvision_state(state).items()}
     own = model.state_dict()
     if set(state) == set(own) and all(own[k].shape == v.shape for k, v in state.items()):
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})

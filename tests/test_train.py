@@ -8,8 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torchvision
 from PIL import Image
 
+from s2cnet.backbone import from_torchvision_state
 from s2cnet.cropper import Cropper, load_checkpoint
 from s2cnet.data import GAICD
 from s2cnet.export import export_model
@@ -133,6 +135,27 @@ def test_backbone_init_from_saliency_checkpoint(tmp_path) -> None:
     torch.save({"model": {"something.else": torch.zeros(3)}}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="no backbone weights"):
         load_backbone_init(model, tmp_path / "bad.pt")
+
+
+def test_backbone_init_from_torchvision_checkpoint(tmp_path) -> None:
+    """The file torchvision's ImageNet MobileNetV2 ships as (features.*, classifier.*) initialises
+    every backbone stage, layer for layer, and nothing else."""
+    torch.manual_seed(3)
+    tv = torchvision.models.mobilenet_v2()
+    torch.save(tv.state_dict(), tmp_path / "mobilenet_v2.pth")
+    model = S2CNet(S2CNetConfig(**SMALL))
+    reduce_before = model.backbone.reduce[0].weight.clone()
+    load_backbone_init(model, tmp_path / "mobilenet_v2.pth")
+    own = model.backbone.state_dict()
+    copied = [k for k in own if not k.startswith("reduce")]
+    assert copied and len(copied) == len(from_torchvision_state(tv.state_dict()))
+    for k in copied:
+        layer = k.split(".", 1)[1]  # stage16.7.conv... <- features.7.conv...
+        torch.testing.assert_close(own[k], tv.state_dict()[f"features.{layer}"], msg=k)
+    torch.testing.assert_close(model.backbone.reduce[0].weight, reduce_before)
+    bb, x = model.backbone.eval(), torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(bb.stage32(bb.stage16(bb.stage8(x))), tv.eval().features[:18](x))
 
 
 def test_init_from_a_whole_s2cnet_loads_every_weight(tmp_path) -> None:
