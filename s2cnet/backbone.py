@@ -17,40 +17,28 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 FUSED_CHANNELS = 32 + 96 + 320  # MobileNetV2 widths at strides 8, 16 and 32
 
 
-STAGES = (("stage8", range(0, 7)), ("stage16", range(7, 14)), ("stage32", range(14, 18)))
-
-
-def from_torchvision_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """torchvision's MobileNetV2 state dict (``features.N.*``, e.g. its ImageNet checkpoint) keyed as
-    FusedMobileNetV2's stages; the 1280-channel last conv and the classifier have no place here."""
-    out = {}
-    for key, value in state.items():
-        parts = key.split(".")
-        if parts[0] != "features" or not parts[1].isdigit():
-            continue
-        stage = next((name for name, layers in STAGES if int(parts[1]) in layers), None)
-        if stage is not None:
-            out[".".join([stage, *parts[1:]])] = value
-    return out
-
-
 class FusedMobileNetV2(nn.Module):
     """torchvision's MobileNetV2 ``features`` split into three stages and fused at stride 16."""
 
     def __init__(self, out_channels: int = 32, imagenet_weights: str | Path | None = None) -> None:
         super().__init__()
-        net = torchvision.models.mobilenet_v2()
-        if imagenet_weights is not None:
-            # Users with torchvision's ImageNet checkpoint on disk pass its path; nothing is downloaded.
-            state = torch.load(imagenet_weights, map_location="cpu", weights_only=True)
-            net.load_state_dict(state)
-        features = net.features
-        # sliced Sequentials keep torchvision's layer numbers (stage16.7 is features.7): see STAGES
+        features = torchvision.models.mobilenet_v2().features
+        # sliced Sequentials keep torchvision's layer numbers: stage16.7.* is features.7.*
         self.stage8 = features[:7]  # 32 channels, stride 8
         self.stage16 = features[7:14]  # 96 channels, stride 16
         self.stage32 = features[14:18]  # 320 channels, stride 32
         self.reduce = nn.Sequential(nn.Conv2d(FUSED_CHANNELS, out_channels, 1), nn.ReLU(inplace=True))
         self.out_channels = out_channels
+        if imagenet_weights is not None:
+            # Users with torchvision's ImageNet checkpoint on disk pass its path; nothing is downloaded.
+            self.load_torchvision(torch.load(imagenet_weights, map_location="cpu", weights_only=True))
+
+    def load_torchvision(self, state: dict[str, torch.Tensor]) -> None:
+        """Copies a torchvision MobileNetV2 state dict (``features.N.*``, e.g. its ImageNet file) into
+        the three stages, read through the layer numbers they kept; the reduction keeps its own weights
+        and torchvision's last 1280-channel conv and classifier have no place here."""
+        stages = [k for k in self.state_dict() if not k.startswith("reduce.")]
+        self.load_state_dict({k: state[f"features.{k.split('.', 1)[1]}"] for k in stages}, strict=False)
 
     def fused(self, x: torch.Tensor) -> torch.Tensor:
         """The 448-channel stride-16 map before reduction (also feeds the saliency head)."""

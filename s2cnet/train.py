@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from s2cnet.backbone import from_torchvision_state
 from s2cnet.data import GAICD
 from s2cnet.losses import crop_loss
 from s2cnet.metrics import average_metrics, image_metrics
@@ -77,7 +76,8 @@ def load_backbone_init(model: S2CNet, path: str | Path) -> None:
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("model", state)
     if any(k.startswith("features.") for k in state):
-        state = {f"backbone.{k}": v for k, v in from_torchvision_state(state).items()}
+        model.backbone.load_torchvision(state)
+        return
     own = model.state_dict()
     if set(state) == set(own) and all(own[k].shape == v.shape for k, v in state.items()):
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
