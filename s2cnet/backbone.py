@@ -17,12 +17,36 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 FUSED_CHANNELS = 32 + 96 + 320  # MobileNetV2 widths at strides 8, 16 and 32
 
 
+class SamePadConv2d(nn.Conv2d):
+    """A stride-2 3x3 conv padded the TensorFlow way ("SAME": 0 top/left, 1 bottom/right on even
+    inputs). ImageNet weights converted from TF models were learned with that alignment; torchvision's
+    symmetric padding shifts the features by a pixel at every stride-2 layer."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pad_h = max((-x.shape[-2]) % self.stride[0] + self.kernel_size[0] - self.stride[0], 0)
+        pad_w = max((-x.shape[-1]) % self.stride[1] + self.kernel_size[1] - self.stride[1], 0)
+        x = F.pad(x, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+        return super().forward(x)
+
+
+def use_same_padding(features: nn.Module) -> None:
+    """Turns every strided conv into a SamePadConv2d in place: same parameters and state-dict keys."""
+    for m in features.modules():
+        if type(m) is nn.Conv2d and m.stride != (1, 1):
+            m.__class__ = SamePadConv2d
+            m.padding = (0, 0)
+
+
 class FusedMobileNetV2(nn.Module):
     """torchvision's MobileNetV2 ``features`` split into three stages and fused at stride 16."""
 
-    def __init__(self, out_channels: int = 32, imagenet_weights: str | Path | None = None) -> None:
+    def __init__(self, out_channels: int = 32, imagenet_weights: str | Path | None = None,
+                 tf_padding: bool = False) -> None:
         super().__init__()
         features = torchvision.models.mobilenet_v2().features
+        if tf_padding:
+            use_same_padding(features)
+        self.tf_padding = tf_padding
         # sliced Sequentials keep torchvision's layer numbers: stage16.7.* is features.7.*
         self.stage8 = features[:7]  # 32 channels, stride 8
         self.stage16 = features[7:14]  # 96 channels, stride 16

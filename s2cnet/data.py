@@ -77,19 +77,27 @@ class GAICD(torch.utils.data.Dataset):
         image_id = self.ids[i]
         crops, mos, objects = self.load_boxes(image_id)
         short_side = self.rng.choice(self.scale_jitter) if self.augment and self.scale_jitter else self.short_side
-        # Decoded exactly as Cropper decodes uploads (JPEG draft + box reduction): no train/serve skew.
-        loaded = open_image(self.image_path(image_id), target_short_side=short_side)
-        w0, h0 = loaded.original_size
-        w, h = resize_shape(w0, h0, short_side)
-        image = loaded.image.resize((w, h), Image.BILINEAR)
-        scale = np.array([w / w0, h / h0, w / w0, h / h0], np.float32)
-        crops_t = torch.from_numpy(crops * scale)
-        objects_t = torch.from_numpy(objects * scale).reshape(-1, 4)
-        x = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255.0
-        if self.augment:
-            x = photometric_jitter(x, self.rng)
-            if self.rng.random() < 0.5:
-                x = x.flip(-1)
-                crops_t, objects_t = hflip_boxes(crops_t, w), hflip_boxes(objects_t, w)
-        x = (x - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None]
+        x, (crops_t, objects_t) = prepare_photo(self.image_path(image_id), [crops, objects], short_side,
+                                                self.rng if self.augment else None)
         return Sample(image_id, x, crops_t, torch.from_numpy(mos), objects_t)
+
+
+def prepare_photo(path: Path, boxes: list[np.ndarray], short_side: int,
+                  rng: random.Random | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """A photo as the network's normalised [3, H, W] input and its box sets ([N, 4] x1,y1,x2,y2 in
+    file pixels) in input pixels; with ``rng``, photometric jitter and a random mirror (boxes follow).
+    Decoded exactly as Cropper decodes uploads (JPEG draft + box reduction): no train/serve skew."""
+    loaded = open_image(path, target_short_side=short_side)
+    w0, h0 = loaded.original_size
+    w, h = resize_shape(w0, h0, short_side)
+    image = loaded.image.resize((w, h), Image.BILINEAR)
+    scale = np.array([w / w0, h / h0, w / w0, h / h0], np.float32)
+    out = [torch.from_numpy(np.asarray(b, np.float32).reshape(-1, 4) * scale) for b in boxes]
+    x = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255.0
+    if rng is not None:
+        x = photometric_jitter(x, rng)
+        if rng.random() < 0.5:
+            x = x.flip(-1)
+            out = [hflip_boxes(b, w) for b in out]
+    x = (x - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None]
+    return x, out

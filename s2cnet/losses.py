@@ -37,6 +37,15 @@ def listwise_loss(pred: torch.Tensor, target: torch.Tensor, temperature: float =
     return -(p_target * torch.log_softmax(pred / temperature, dim=0)).sum() + (p_target * torch.log(p_target.clamp(min=1e-12))).sum()
 
 
+def preference_loss(pred: torch.Tensor, vote_margin: torch.Tensor, margin: float = 0.5) -> torch.Tensor:
+    """Hinge on human-voted pairs (rows 2p, 2p+1 of ``pred``, preferred first), each pair weighted by its
+    vote margin: a 5-0 vote pulls five times harder than a 3-2 one. ``margin`` is in normalised-MOS units."""
+    gap = pred[0::2] - pred[1::2]
+    if not len(gap):
+        return pred.sum() * 0.0
+    return (vote_margin * F.relu(margin - gap)).sum() / vote_margin.sum()
+
+
 def crop_loss(pred: torch.Tensor, mos: torch.Tensor, reg_weight: float = 1.0, rank_weight: float = 1.0,
               listwise_weight: float = 0.0, listwise_temperature: float = 0.25) -> tuple[torch.Tensor, dict[str, float]]:
     target = normalise_mos(mos)

@@ -36,6 +36,7 @@ class S2CNetConfig:
     use_gate: bool = True  # feature aggregation gate
     use_semantic: bool = True  # semantic (feature-similarity) edges
     use_graph: bool = True  # False: GAIC baseline, no object nodes, no attention
+    tf_padding: bool = False  # TensorFlow "SAME" padding on stride-2 convs (backbones converted from TF)
 
     @classmethod
     def from_dict(cls, d: dict) -> "S2CNetConfig":
@@ -78,7 +79,7 @@ class S2CNet(nn.Module):
     def __init__(self, cfg: S2CNetConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg = cfg or S2CNetConfig()
-        self.backbone = FusedMobileNetV2(cfg.reduced_dim)
+        self.backbone = FusedMobileNetV2(cfg.reduced_dim, tf_padding=cfg.tf_padding)
         self.nodes = NodeEncoder(cfg)
         if cfg.use_graph:
             self.spatial = SpatialEdges(cfg.edge_strategy, cfg.num_heads, cfg.distance_threshold)

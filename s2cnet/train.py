@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from s2cnet.data import GAICD
-from s2cnet.losses import crop_loss
+from s2cnet.fcdb import FCDBPairs, pair_accuracy, split_fcdb
+from s2cnet.losses import crop_loss, preference_loss
 from s2cnet.metrics import average_metrics, image_metrics
 from s2cnet.model import S2CNet, S2CNetConfig
 
@@ -48,6 +49,11 @@ class TrainConfig:
     progress_every: int = 100  # steps between progress lines (0: epoch lines only)
     swa_from: int | None = None  # average the weights of every epoch end from this epoch on (SWA); final.pt holds the average
     scale_jitter: list[int] = field(default_factory=list)  # training short sides drawn per step, e.g. [224, 256, 288]
+    fcdb: str | None = None  # FCDB folder: its human-voted same-ratio pairs become a second training signal
+    fcdb_weight: float = 1.0
+    fcdb_every: int = 2  # one FCDB photo's pairs join every k-th GAICD step
+    fcdb_margin: float = 0.5  # hinge margin of the pair term, normalised-MOS units
+    fcdb_val_size: int = 138  # FCDB photos held out (a fixed split of ours, seed 0) for pair accuracy
     model: S2CNetConfig = field(default_factory=S2CNetConfig)
 
     @classmethod
@@ -99,6 +105,14 @@ def evaluate_on(model: S2CNet, dataset: GAICD) -> dict[str, float]:
     return average_metrics(per_image)
 
 
+@torch.no_grad()
+def evaluate_pairs(model: S2CNet, dataset: FCDBPairs) -> float:
+    """FCDB pair accuracy over every held-out pair (no object nodes: FCDB has no paper boxes)."""
+    model.eval()
+    scores = [model(s.image[None], s.crops, None).numpy() for s in (dataset[i] for i in range(len(dataset)))]
+    return pair_accuracy(np.concatenate(scores)) * 100 if scores else float("nan")
+
+
 def set_train_mode(model: S2CNet, cfg: TrainConfig) -> None:
     model.train()
     model.backbone.freeze_bn()
@@ -118,6 +132,11 @@ def train(cfg: TrainConfig, report=None) -> dict[str, float]:
     train_ids = train_ids[: cfg.limit] if cfg.limit else train_ids
     train_set = GAICD(cfg.data, "train", augment=True, seed=cfg.seed, ids=train_ids, scale_jitter=tuple(cfg.scale_jitter))
     val_set = GAICD(cfg.data, "train", ids=val_ids)
+    fcdb_train = fcdb_val = None
+    if cfg.fcdb:
+        fcdb_train_names, fcdb_val_names = split_fcdb(cfg.fcdb, cfg.fcdb_val_size, seed=0)
+        fcdb_train = FCDBPairs(cfg.fcdb, fcdb_train_names, augment=True, scale_jitter=tuple(cfg.scale_jitter), seed=cfg.seed)
+        fcdb_val = FCDBPairs(cfg.fcdb, fcdb_val_names)
 
     model = S2CNet(cfg.model)
     if cfg.init:
@@ -157,10 +176,17 @@ def train(cfg: TrainConfig, report=None) -> dict[str, float]:
         order = list(range(len(train_set)))
         rng.shuffle(order)
         logs: list[dict[str, float]] = []
-        for i in order:
+        fcdb_order = list(range(len(fcdb_train))) if fcdb_train is not None else []
+        rng.shuffle(fcdb_order)
+        for step, i in enumerate(order):
             s = train_set[i]
             pred = model(s.image[None], s.crops, s.objects if cfg.model.use_graph else None)
             loss, parts = crop_loss(pred, s.mos, cfg.reg_weight, cfg.rank_weight, cfg.listwise_weight, cfg.listwise_temperature)
+            if fcdb_order and step % cfg.fcdb_every == 0:
+                p = fcdb_train[fcdb_order[(step // cfg.fcdb_every) % len(fcdb_order)]]
+                pair = preference_loss(model(p.image[None], p.crops, None), p.margin, cfg.fcdb_margin)
+                loss = loss + cfg.fcdb_weight * pair
+                parts["fcdb"] = pair.item()
             opt.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -171,8 +197,12 @@ def train(cfg: TrainConfig, report=None) -> dict[str, float]:
                 print(f"  epoch {epoch} step {len(logs)}/{len(order)} loss {np.mean([l['loss'] for l in logs[-cfg.progress_every:]]):.4f} "
                       f"{(time.time() - t0) / len(logs):.3f}s/step", flush=True)
         val = evaluate_on(model, val_set)
-        row = {"epoch": epoch, **{k: float(np.mean([l[k] for l in logs])) for k in logs[0]},
-               "val_SRCC": val["SRCC"], "val_Acc5": val["Acc5"], "val_Acc10": val["Acc10"], "seconds": time.time() - t0}
+        losses = sorted({k for l in logs for k in l})  # "fcdb" only on the steps that had a pair term
+        row = {"epoch": epoch, **{k: float(np.mean([l[k] for l in logs if k in l])) for k in losses},
+               "val_SRCC": val["SRCC"], "val_Acc5": val["Acc5"], "val_Acc10": val["Acc10"]}
+        if fcdb_val is not None:
+            row["val_fcdb_pairs"] = evaluate_pairs(model, fcdb_val)
+        row["seconds"] = time.time() - t0
         if cfg.swa_from is not None and epoch >= cfg.swa_from:
             swa, swa_count = update_average(swa, swa_count, model.state_dict())
             row["swa_epochs"] = swa_count
@@ -188,6 +218,8 @@ def train(cfg: TrainConfig, report=None) -> dict[str, float]:
         if history and "swa_val_SRCC" not in history[-1]:
             val = evaluate_on(model, val_set)
             history[-1].update({"swa_val_SRCC": val["SRCC"], "swa_val_Acc5": val["Acc5"], "swa_val_Acc10": val["Acc10"]})
+            if fcdb_val is not None:
+                history[-1]["swa_val_fcdb_pairs"] = evaluate_pairs(model, fcdb_val)
             print(f"weight average of {swa_count} epochs: val_SRCC {val['SRCC']:.4f} val_Acc5 {val['Acc5']:.2f} "
                   f"val_Acc10 {val['Acc10']:.2f}", flush=True)
     torch.save({"model": model.state_dict(), "config": asdict(cfg.model), "history": history}, out / "final.pt")
