@@ -167,8 +167,9 @@ class Cropper:
         feat, fused, scale = self._features(loaded)
         return self._score(feat, scale, boxes, self._finish_objects(loaded, started, fused))
 
-    def crop(self, image, ratios: Sequence[str] | None = None, objects=None) -> list[Crop]:
-        """Best crop per ratio (one result per ratio, in order); ratios=None: the best free-ratio crop."""
+    def crop(self, image, ratios: str | Sequence[str] | None = None, objects=None) -> list[Crop]:
+        """Best crop per ratio (one result per ratio, in order); one "W:H" string is one ratio;
+        ratios=None: the best free-ratio crop. The caller's image is never modified."""
         return self.analyse(image, ratios, objects).crops
 
     def crop_batch(self, images: Sequence, ratios: Sequence[str] | None = None, objects=None) -> list[list[Crop]]:
@@ -186,7 +187,9 @@ class Cropper:
         return next(self._analyses([image], ratios, [objects]))
 
     def _analyses(self, images: Sequence, ratios: Sequence[str] | None, objects: list) -> Iterator[Analysis]:
-        keys = [None] if ratios is None else list(ratios)
+        keys = [None] if ratios is None else [ratios] if isinstance(ratios, str) else list(ratios)
+        if not keys:
+            raise ValueError("ratios is empty: give one or more 'W:H' strings, or None for a free-ratio crop")
 
         def begin(i: int) -> tuple[LoadedImage, list[np.ndarray], Future | np.ndarray | None]:
             loaded = self._load(images[i])

@@ -21,6 +21,7 @@ from PIL import Image
 
 from s2cnet.cropper import DEFAULT_WEIGHTS, WEIGHTS_DIR, Cropper
 from s2cnet.data import GAICD
+from s2cnet.fcdb import FCDBPairs, boundary_displacement, iou, pair_accuracy, split_fcdb, winner_first
 from s2cnet.metrics import METRIC_COLUMNS, average_metrics, image_metrics
 
 # A scorer maps (original image, crops [N,4], paper objects [M,4]) to scores [N].
@@ -81,6 +82,26 @@ def evaluate(scorer: Scorer, dataset: GAICD, limit: int | None = None) -> tuple[
     return average_metrics(per_image), (time.time() - t0) / max(len(ids), 1)
 
 
+def evaluate_fcdb(scorer: Scorer, dataset: FCDBPairs, cropper: Cropper | None = None) -> dict[str, float]:
+    """FCDB pair accuracy (%) of a scorer on every held-out pair; with a ``cropper``, also the IoU and
+    BDE of its free-ratio crop against the crop a person drew. No paper boxes exist for FCDB."""
+    scores, ious, bdes = [], [], []
+    none = np.zeros((0, 4), np.float32)
+    for name in dataset.names:
+        boxes, _ = winner_first(dataset.pairs[name])
+        with Image.open(dataset.image_path(name)) as image:
+            if len(boxes):
+                scores.append(np.asarray(scorer(image, boxes, none), np.float64))
+            if cropper is not None:
+                box, human = np.array(cropper.crop(image, ratios=None)[0].box, np.float64), np.array(dataset.best[name])
+                ious.append(iou(box, human))
+                bdes.append(boundary_displacement(box, human, *image.size))
+    row = {"pair_acc": pair_accuracy(np.concatenate(scores)) * 100}
+    if ious:
+        row.update(IoU=float(np.mean(ious)), BDE=float(np.mean(bdes)))
+    return row
+
+
 def format_table(rows: dict[str, dict[str, float]]) -> str:
     head = "| method | " + " | ".join(METRIC_COLUMNS) + " |"
     lines = [head, "|" + "---|" * (len(METRIC_COLUMNS) + 1)]
@@ -104,6 +125,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--fp32", action="store_true", help="no bfloat16 scoring even where the CPU has it")
     ap.add_argument("--json", type=Path, default=None, help="also write the table as JSON here")
+    ap.add_argument("--fcdb", type=Path, default=None,
+                    help="FCDB folder: also report pair accuracy and best-crop IoU/BDE on our held-out FCDB photos")
+    ap.add_argument("--fcdb-val-size", type=int, default=138, help="the held-out FCDB photos (train.py's split)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -127,6 +151,20 @@ def main(argv: list[str] | None = None) -> None:
         rows["smartcrop.py"], _ = evaluate(smartcrop_scorer(), dataset, args.limit)
     print(f"\nGAICD {args.split} ({args.limit or len(dataset)} images)\n")
     print(format_table(rows))
+    if args.fcdb:
+        fcdb = FCDBPairs(args.fcdb, split_fcdb(args.fcdb, args.fcdb_val_size, seed=0)[1][: args.limit])
+        fcdb_rows = {"S2CNet (our proposals)": evaluate_fcdb(network_scorer(cropper, "proposed"), fcdb, cropper)
+                     if "proposed" in modes else evaluate_fcdb(network_scorer(cropper, "none"), fcdb, cropper)}
+        if not args.no_baselines:
+            if args.gaic_weights.exists():
+                fcdb_rows["GAIC-style, no graph (RoI+RoD)"] = evaluate_fcdb(network_scorer(gaic, "none"), fcdb, gaic)
+            fcdb_rows["crop area"] = evaluate_fcdb(area_scorer, fcdb)
+            fcdb_rows["smartcrop.py"] = evaluate_fcdb(smartcrop_scorer(), fcdb)
+        print(f"\nFCDB held-out ({len(fcdb)} photos, {sum(len(fcdb.pairs[n]) for n in fcdb.names)} pairs)\n")
+        print("| method | pair accuracy | free-ratio IoU | BDE |\n|---|---|---|---|")
+        for name, r in fcdb_rows.items():
+            print(f"| {name} | {r['pair_acc']:.1f} | " + (f"{r['IoU']:.3f} | {r['BDE']:.3f} |" if "IoU" in r else "- | - |"))
+        rows = {**rows, **{f"FCDB: {k}": v for k, v in fcdb_rows.items()}}
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
 

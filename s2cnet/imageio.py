@@ -93,8 +93,18 @@ def open_image(src: ImageSource, target_short_side: int | None = None,
     if target_short_side is not None and target_short_side < 1:
         raise ValueError(f"target_short_side must be positive, got {target_short_side}")
     if isinstance(src, Image.Image):
-        # An image still backed by a file (lazy Image.open) is not decoded yet: guard it too.
-        limit = max_pixels if getattr(src, "fp", None) is not None else None
+        # An image still backed by a file (lazy Image.open) is not decoded yet: guard it too, and
+        # decode a fresh handle on its file, since draft mode would shrink the caller's own image.
+        lazy = getattr(src, "fp", None) is not None
+        if lazy and isinstance(getattr(src, "filename", None), str) and src.filename:
+            try:
+                fresh = _open_path(Path(src.filename), target_short_side, max_pixels)
+                if fresh.original_size in (src.size, src.size[::-1]):
+                    return fresh
+            except ImageLoadError:
+                pass
+            # the file went away or changed since it was opened: decode the caller's handle, no draft
+        limit = max_pixels if lazy else None
         return _decode(src, target_short_side, limit, getattr(src, "filename", None) or None, owned=False)
     if isinstance(src, np.ndarray):
         return _decode(_from_array(src), target_short_side, None, None, owned=True)
@@ -242,7 +252,7 @@ def _decode(img: Image.Image, target_short_side: int | None, max_pixels: int | N
         if max_pixels is not None and width * height > max_pixels:
             raise ImageLoadError(f"{width}x{height} is {width * height / 1e6:.1f} megapixels, over the "
                                  f"limit of {max_pixels / 1e6:.1f} (max_pixels)", source)
-        if target_short_side is not None:
+        if target_short_side is not None and owned:  # draft mode rewrites the image it is applied to
             k = target_short_side / min(width, height)
             if k < 0.5:  # JPEG draft scales by 1/2, 1/4 or 1/8, never below the request; others ignore it
                 img.draft(None, (max(1, int(np.ceil(width * k))), max(1, int(np.ceil(height * k)))))

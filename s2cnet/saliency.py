@@ -45,9 +45,9 @@ class SaliencyHead(nn.Module):
 
 
 class SaliencyNet(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, tf_padding: bool = False) -> None:
         super().__init__()
-        self.backbone = FusedMobileNetV2()
+        self.backbone = FusedMobileNetV2(tf_padding=tf_padding)
         self.head = SaliencyHead()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -127,13 +127,14 @@ def main(argv: list[str] | None = None) -> None:
     rng = random.Random(args.seed)
     data = load_duts(args.data, args.limit)
     val, train = data[:100], data[100:]
-    net = SaliencyNet()
+    head_only = args.backbone_from is not None
+    ck = torch.load(chosen_checkpoint(args.backbone_from), map_location="cpu", weights_only=True) if head_only else None
+    config = (ck["config"].get("model", ck["config"]) if head_only else {})  # the scorer's backbone padding
+    net = SaliencyNet(tf_padding=bool(config.get("tf_padding", False)))
     if args.init:
         state = torch.load(args.init, map_location="cpu", weights_only=True)
         net.load_state_dict({k: v.float() for k, v in state.get("model", state).items()})
-    head_only = args.backbone_from is not None
     if head_only:
-        ck = torch.load(chosen_checkpoint(args.backbone_from), map_location="cpu", weights_only=True)
         backbone = {k[len("backbone."):]: v.float() for k, v in ck["model"].items()
                     if k.startswith("backbone.") and not k.startswith("backbone.reduce")}
         net.backbone.load_state_dict(backbone, strict=False)

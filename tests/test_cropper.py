@@ -20,7 +20,7 @@ from scipy.stats import spearmanr
 from s2cnet.candidates import candidates
 from s2cnet.cropper import DEFAULT_WEIGHTS, Cropper, native_bf16
 from s2cnet.imageio import ImageLoadError, open_image
-from s2cnet.model import S2CNet
+from s2cnet.model import S2CNet, S2CNetConfig
 from s2cnet.proposals import SaliencyProposer
 from s2cnet.saliency import SaliencyHead
 from s2cnet.transforms import resize_shape
@@ -267,3 +267,32 @@ def test_cropper_pickles_after_use(cropper: Cropper, cat: Image.Image) -> None:
     assert [x.box for x in again] == [x.box for x in first]
     assert [x.score for x in again] == pytest.approx([x.score for x in first], abs=1e-6)
     assert [x.box for x in c.crop(cat, ["1:1", "16:9"])] == [x.box for x in first]
+
+
+def test_crop_never_modifies_the_callers_lazy_image(tmp_path) -> None:
+    from PIL import Image as PILImage
+
+    path = tmp_path / "big.jpg"
+    rng = np.random.default_rng(0)
+    PILImage.fromarray(rng.integers(0, 255, (1200, 1600, 3), dtype=np.uint8)).save(path, quality=90)
+    cropper = Cropper(S2CNet(S2CNetConfig(node_dim=64)), proposer=None)
+    with PILImage.open(path) as img:
+        first = cropper.crop(img, ["16:9", "1:1"])
+        assert img.size == (1600, 1200) and img.mode == "RGB"
+        second = cropper.crop(img, ["16:9", "1:1"])
+        assert [c.box for c in second] == [c.box for c in first]
+        for c in first:
+            assert c.box[2] <= 1600 and c.box[3] <= 1200
+        assert np.asarray(img.crop(first[0].box)).mean() > 20  # real pixels, not a black pad
+    with open(path, "rb") as f:
+        assert [c.box for c in cropper.crop(f.read(), ["16:9", "1:1"])] == [c.box for c in first]
+
+
+def test_one_ratio_string_and_empty_ratios() -> None:
+    cropper = Cropper(S2CNet(S2CNetConfig(node_dim=64)), proposer=None)
+    image = np.random.default_rng(1).integers(0, 255, (120, 200, 3), dtype=np.uint8)
+    one = cropper.crop(image, "16:9")
+    assert len(one) == 1 and one[0].ratio == "16:9"
+    assert one[0].box == cropper.crop(image, ["16:9"])[0].box
+    with pytest.raises(ValueError, match="ratios is empty"):
+        cropper.crop(image, [])

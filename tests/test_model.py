@@ -347,3 +347,27 @@ def test_inference_copy_leaves_the_model_alone_and_matches_its_features() -> Non
         scores_got = fast.score_crops(got, CROPS, OBJECTS, W, H)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-4 * float(want.abs().max()))
     torch.testing.assert_close(scores_got, scores_want, rtol=1e-4, atol=1e-4)
+
+
+def test_same_padding_matches_explicit_tf_padding_and_keeps_the_state_dict() -> None:
+    torch.manual_seed(0)
+    plain, same = FusedMobileNetV2(16), FusedMobileNetV2(16, tf_padding=True)
+    assert list(same.state_dict()) == list(plain.state_dict())
+    same.load_state_dict(plain.state_dict())
+    strided = [m for m in same.modules() if isinstance(m, torch.nn.Conv2d) and m.stride != (1, 1)]
+    assert len(strided) == 5 and all(type(m).__name__ == "SamePadConv2d" and m.padding == (0, 0) for m in strided)
+    conv = plain.stage8[0][0]  # the stem: stride 2, torchvision pads 1 on every side
+    x = _image()
+    want = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (0, 1, 0, 1)), conv.weight, None, 2, 0)
+    torch.testing.assert_close(same.stage8[0][0](x), want)
+    with torch.no_grad():
+        assert same.eval()(x).shape == plain.eval()(x).shape == (1, 16, H // 16, W // 16)
+        assert not torch.allclose(same(x), plain(x))  # the alignment really differs
+        folded = copy.deepcopy(same).fold_batchnorm()  # folding keeps the padding
+        torch.testing.assert_close(folded(x), same(x), rtol=0, atol=1e-4 * float(same(x).abs().max()))
+
+
+def test_model_config_selects_the_padding() -> None:
+    model = S2CNet(S2CNetConfig(node_dim=64, tf_padding=True))
+    assert model.backbone.tf_padding
+    assert any(type(m).__name__ == "SamePadConv2d" for m in model.backbone.modules())
