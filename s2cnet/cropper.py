@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from s2cnet.candidates import GridConfig, candidates
+from s2cnet.checkpoint import load_checkpoint
 from s2cnet.imageio import LoadedImage, open_image
 from s2cnet.model import S2CNet, S2CNetConfig
 from s2cnet.transforms import model_input
@@ -35,12 +36,6 @@ class Crop:
     cut_objects: list[tuple[int, int, int, int]] = field(default_factory=list)  # object boxes the crop cuts through
 
 
-def model_config(checkpoint: dict) -> dict:
-    """The S2CNetConfig dict of a shipped file, or of a train.py checkpoint (model fields nested)."""
-    config = checkpoint["config"]
-    return config["model"] if isinstance(config.get("model"), dict) else config
-
-
 def native_bf16() -> bool:
     """True when this CPU computes bfloat16 matmuls natively (else autocast would be slower)."""
     try:
@@ -55,15 +50,6 @@ def inference_copy(model: S2CNet) -> S2CNet:
     model = copy.deepcopy(model).eval()
     model.backbone.fold_batchnorm().to(memory_format=torch.channels_last)
     return model
-
-
-def load_checkpoint(path: str | Path) -> tuple[S2CNet, dict]:
-    """A checkpoint is {'model': state_dict, 'config': S2CNetConfig dict, ...}; fp16 tensors are widened."""
-    ck = torch.load(path, map_location="cpu", weights_only=True)
-    model = S2CNet(S2CNetConfig.from_dict(model_config(ck)))
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in ck["model"].items()})
-    model.eval()
-    return model, ck
 
 
 class Cropper:

@@ -17,12 +17,7 @@ from pathlib import Path
 
 import torch
 
-from s2cnet.cropper import model_config
-from s2cnet.train import chosen_checkpoint
-
-
-def _half(state: dict) -> dict:
-    return {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+from s2cnet.checkpoint import chosen_checkpoint, half, model_config
 
 
 def export_model(checkpoint: str | Path, out: str | Path, card: dict | None = None,
@@ -34,11 +29,11 @@ def export_model(checkpoint: str | Path, out: str | Path, card: dict | None = No
     config = model_config(ck)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    shipped = {"model": _half(ck["model"]), "config": config}
+    shipped = {"model": half(ck["model"]), "config": config}
     info = {"config": config, "checkpoint": str(checkpoint), "history": ck.get("history", []), **(card or {})}
     if saliency_head is not None:
         head = torch.load(saliency_head, map_location="cpu", weights_only=True)
-        shipped["saliency_head"] = _half(head["head"])
+        shipped["saliency_head"] = half(head["head"])
         info["saliency_head_val_mae"] = head.get("val_mae")
     torch.save(shipped, out)
     out.with_suffix(".json").write_text(json.dumps(info, indent=2))
@@ -48,7 +43,7 @@ def export_saliency(checkpoint: str | Path, out: str | Path) -> None:
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(_half(state.get("model", state)), out)
+    torch.save(half(state.get("model", state)), out)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -19,23 +19,14 @@ from PIL import Image
 from scipy import ndimage
 from torchvision.ops import nms
 
-from s2cnet.saliency import SaliencyHead, SaliencyNet
+from s2cnet.saliency import SALIENCY_WEIGHTS, SaliencyHead, SaliencyNet, load_saliency, load_saliency_head
 from s2cnet.transforms import model_input
 
-SALIENCY_WEIGHTS = Path(__file__).parent / "weights" / "saliency.pt"
 
 
 class Proposer(Protocol):
     def __call__(self, image: Image.Image) -> np.ndarray:
         """RGB image -> [M, 4] float x1,y1,x2,y2 boxes in that image's pixels, best first."""
-
-
-def load_saliency(path: str | Path = SALIENCY_WEIGHTS) -> SaliencyNet:
-    net = SaliencyNet()
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("model", state)
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    return net.eval()
 
 
 class FaceDetector:
@@ -175,12 +166,6 @@ def read_bytes(uri: str, endpoint_url: str | None = None) -> bytes:
         with s3.open_input_stream(uri[len("s3://"):]) as f:
             return f.read()
     return Path(uri).read_bytes()
-
-
-def load_saliency_head(state: dict) -> SaliencyHead:
-    head = SaliencyHead()
-    head.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
-    return head.eval()
 
 
 def default_proposer(max_objects: int = 10, faces: bool = True, head_state: dict | None = None) -> SaliencyProposer:

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from s2cnet.checkpoint import widen
 from s2cnet.data import GAICD
 from s2cnet.fcdb import FCDBPairs, pair_accuracy, split_fcdb
 from s2cnet.losses import crop_loss, preference_loss
@@ -86,7 +87,7 @@ def load_backbone_init(model: S2CNet, path: str | Path) -> None:
         return
     own = model.state_dict()
     if set(state) == set(own) and all(own[k].shape == v.shape for k, v in state.items()):
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        model.load_state_dict(widen(state))
         return
     matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape and not k.startswith("backbone.reduce")}
     if not any(k.startswith("backbone.") for k in matched):
@@ -224,31 +225,6 @@ def train(cfg: TrainConfig, report=None) -> dict[str, float]:
                   f"val_Acc10 {val['Acc10']:.2f}", flush=True)
     torch.save({"model": model.state_dict(), "config": asdict(cfg.model), "history": history}, out / "final.pt")
     return history[-1] if history else {}
-
-
-def chosen_checkpoint(run: str | Path) -> Path:
-    """A checkpoint file is itself. A run directory gives its last epoch (last.pt) when that scored a
-    higher validation SRCC than the weight average (final.pt), else final.pt: chosen on held-out
-    photos, never on test."""
-    run = Path(run)
-    if run.is_file():
-        return run
-    return _choice(run)[0]
-
-
-def best_run(runs: list[str | Path]) -> Path:
-    """Of runs validated on the same photos (--val-seed), the one whose chosen checkpoint scored the
-    highest validation SRCC."""
-    return max((Path(r) for r in runs), key=lambda run: _choice(run)[1])
-
-
-def _choice(run: Path) -> tuple[Path, float | None]:
-    """A run directory's chosen checkpoint and the validation SRCC it scored: one rule for both callers."""
-    history = torch.load(run / "final.pt", map_location="cpu", weights_only=False).get("history", [])
-    row = history[-1] if history else {}
-    if "swa_val_SRCC" in row and row["val_SRCC"] > row["swa_val_SRCC"]:
-        return run / "last.pt", row["val_SRCC"]
-    return run / "final.pt", row.get("swa_val_SRCC", row.get("val_SRCC"))
 
 
 def update_average(avg: dict[str, torch.Tensor] | None, count: int,

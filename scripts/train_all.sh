@@ -10,7 +10,7 @@
 #      crop scorer computes anyway (one backbone pass per photo)
 #   4. export fp16 weights into s2cnet/weights/ and evaluate on the GAICD test split. Each run directory
 #      ships its last epoch or its weight average, whichever scored the higher validation SRCC
-#      (s2cnet.train.chosen_checkpoint); the test split is only ever read by the final evaluation
+#      (s2cnet.checkpoint.chosen_checkpoint); the test split is only ever read by the final evaluation
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data}
@@ -20,17 +20,17 @@ PY=.venv/bin/python
 RECIPE=(--init runs/saliency24.pt --epochs "$EPOCHS" --swa-from "$SWA_FROM" --scale-jitter 224,256,288
         --listwise-weight 1.0 --val-seed 0 --threads 1)
 mkdir -p runs
-[ -f runs/saliency12.pt ] || $PY -m s2cnet.saliency --data "$DATA/duts" --epochs 12 --threads 2 --out runs/saliency12.pt
-[ -f runs/saliency24.pt ] || $PY -m s2cnet.saliency --data "$DATA/duts" --init runs/saliency12.pt --epochs 12 --threads 2 \
+[ -f runs/saliency12.pt ] || $PY -m s2cnet.train_saliency --data "$DATA/duts" --epochs 12 --threads 2 --out runs/saliency12.pt
+[ -f runs/saliency24.pt ] || $PY -m s2cnet.train_saliency --data "$DATA/duts" --init runs/saliency12.pt --epochs 12 --threads 2 \
     --out runs/saliency24.pt
 $PY -m s2cnet.train --data "$DATA/gaicd" --out runs/s2cnet_v6lw "${RECIPE[@]}" --seed 0 &
 $PY -m s2cnet.train --data "$DATA/gaicd" --out runs/s2cnet_v6lws1 "${RECIPE[@]}" --seed 1 &
 wait
 # the seed whose chosen checkpoint (last epoch or weight average) has the higher validation SRCC ships
-BEST=$($PY -c "import sys; from s2cnet.train import best_run; print(best_run(sys.argv[1:]))" runs/s2cnet_v6lw runs/s2cnet_v6lws1)
+BEST=$($PY -c "import sys; from s2cnet.checkpoint import best_run; print(best_run(sys.argv[1:]))" runs/s2cnet_v6lw runs/s2cnet_v6lws1)
 echo "shipping $BEST"
 $PY -m s2cnet.train --data "$DATA/gaicd" --out runs/gaic_v6lw "${RECIPE[@]}" --seed 0 --model use_graph=false &
-[ -f "$BEST.head.pt" ] || $PY -m s2cnet.saliency --data "$DATA/duts" --backbone-from "$BEST" \
+[ -f "$BEST.head.pt" ] || $PY -m s2cnet.train_saliency --data "$DATA/duts" --backbone-from "$BEST" \
     --init runs/saliency24.pt --epochs 1 --lr 1e-3 --threads 1 --out "$BEST.head.pt"
 wait
 export_weights() {  # the cards record the training command, and the test metrics once they exist

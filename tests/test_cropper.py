@@ -296,3 +296,15 @@ def test_one_ratio_string_and_empty_ratios() -> None:
     assert one[0].box == cropper.crop(image, ["16:9"])[0].box
     with pytest.raises(ValueError, match="ratios is empty"):
         cropper.crop(image, [])
+
+
+def test_inference_imports_no_training_code() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys; from s2cnet.cropper import Cropper; Cropper.from_pretrained(); "
+            "print(' '.join(m for m in sys.modules if m.startswith('s2cnet')))")
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    assert "s2cnet.cropper" in loaded and "s2cnet.proposals" in loaded
+    assert not loaded & {"s2cnet.train", "s2cnet.train_saliency", "s2cnet.data", "s2cnet.losses", "s2cnet.metrics",
+                         "s2cnet.fcdb"}
