@@ -23,7 +23,8 @@ from pathlib import Path
 import pyarrow as pa
 
 from pipelines.photos import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, SCHEMA, PhotoError, crop_row, crop_safely,
-                              decode, error_row, open_photo, reason, rows_table, thumbnail_jpeg, thumbnail_path)
+                              decode, error_kind, error_row, open_photo, reason, rows_table, thumbnail_jpeg,
+                              thumbnail_path)
 from pipelines.storage import InputFile, Location, delete_tree, list_inputs, read_bytes, read_output, write_bytes
 from s2cnet.candidates import parse_ratio
 
@@ -172,20 +173,20 @@ class CropWorker:
             os._exit(1)  # a crash, as an OOM kill or a lost node would look: Ray restarts and retries
 
     def _load(self, item: dict):
-        """((photo, bytes or None), None) or (None, reason); runs on the I/O pool (pyarrow and PIL
+        """((photo, bytes or None), None) or (None, (error kind, reason)); runs on the I/O pool (pyarrow and PIL
         release the GIL). The photo is decoded as the Cropper decodes any upload (JPEG draft mode),
         so a crop never depends on whether thumbnails were asked for; their bytes are kept for them."""
         try:
             if item["size"] > self.spec.max_bytes:
-                raise PhotoError(f"too large: {item['size']} bytes exceeds the limit of {self.spec.max_bytes}")
+                raise PhotoError("too_large", f"too large: {item['size']} bytes exceeds the limit of {self.spec.max_bytes}")
             try:
                 data = read_bytes(self.in_fs, item["path"])
             except Exception as e:
-                raise PhotoError(f"read: {reason(e)}") from e
+                raise PhotoError("read", f"read: {reason(e)}") from e
             photo = open_photo(data, self.spec.max_pixels, self.cropper.short_side)
             return (photo, data if self.thumbs is not None else None), None
         except Exception as e:
-            return None, reason(e)
+            return None, (error_kind(e), reason(e))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         self.calls += 1
@@ -196,7 +197,7 @@ class CropWorker:
         by_ratios: dict[tuple, list[int]] = collections.defaultdict(list)
         for i, (item, (_, err)) in enumerate(zip(items, loaded)):
             if err is not None:
-                rows.append(error_row(item["key"], err, self.version))
+                rows.append(error_row(item["key"], *err, self.version))
             else:
                 by_ratios[tuple(item["ratios"])].append(i)
         thumb_jobs = []  # per photo: (its bytes, [(row index, box, path), ...])
@@ -207,7 +208,7 @@ class CropWorker:
                 wanted = []
                 for r, c in zip(ratios, crops):
                     if isinstance(c, str):
-                        rows.append(error_row(key, c, self.version, size, ratio=r))
+                        rows.append(error_row(key, "crop", c, self.version, size, ratio=r))
                         continue
                     rows.append(crop_row(key, size, r, c, self.version))
                     if self.thumbs is not None:
@@ -217,7 +218,7 @@ class CropWorker:
         for results in self.pool.map(self._thumbnails, thumb_jobs):
             for row_i, err in results:
                 if err:
-                    rows[row_i]["error"] = err
+                    rows[row_i]["error_kind"], rows[row_i]["error"] = "thumbnail", err
         return rows_table(rows)
 
     def _thumbnails(self, job) -> list[tuple[int, str | None]]:
@@ -292,20 +293,20 @@ class Summary:
 
 
 def check(output: Location, work: list, ratios: list[str]) -> tuple[int, int, int, list[str], int, collections.Counter]:
-    """Read the output back: (ok, failed, rows, missing keys, duplicate pairs, error reasons) for ``work``."""
+    """Read the output back: (ok, failed, rows, missing keys, duplicate pairs, error kinds) for ``work``."""
     planned = {f.key for f, _ in work}
-    table = read_output(output, ["key", "ratio", "error"])
+    table = read_output(output, ["key", "ratio", "error_kind"])
     pairs: collections.Counter = collections.Counter()
     failed_keys, errors = set(), collections.Counter()
     rows = 0
-    for k, r, e in zip(*(table.column(c).to_pylist() for c in ("key", "ratio", "error"))):
+    for k, r, e in zip(*(table.column(c).to_pylist() for c in ("key", "ratio", "error_kind"))):
         if k not in planned:
             continue
         rows += 1
         pairs[(k, r)] += 1
         if e is not None:
             failed_keys.add(k)
-            errors[e.split(":", 1)[0]] += 1
+            errors[e] += 1
     missing = []
     for k in sorted(planned):
         if pairs.get((k, None)):

@@ -8,13 +8,12 @@ a photo that decodes gives one row per requested ratio, each with a box or its o
 from __future__ import annotations
 
 import io
-import warnings
 from typing import Callable, Sequence
 
 import pyarrow as pa
 from PIL import Image
 
-from s2cnet.imageio import ImageLoadError, LoadedImage, open_image
+from s2cnet.imageio import ErrorKind, ImageLoadError, LoadedImage, open_image
 
 SCHEMA = pa.schema([
     ("key", pa.string()),
@@ -27,15 +26,37 @@ SCHEMA = pa.schema([
     ("y2", pa.int32()),
     ("score", pa.float32()),
     ("model_version", pa.string()),
-    ("error", pa.string()),  # null when fine
+    ("error_kind", pa.string()),  # null when fine; one of ERROR_KINDS
+    ("error", pa.string()),  # null when fine: the reason in words (reworded freely, never parsed)
 ])
+
+# error_kind values: the loader's ErrorKind values for photos that are not usable images, and the
+# job's own stages. "read" and "thumbnail" are transient (the store, not the photo): worth a retry.
+ERROR_KINDS = tuple(k.value for k in ErrorKind if k is not ErrorKind.BAD_ARGUMENT) + ("read", "crop", "thumbnail")
+TRANSIENT_KINDS = frozenset({"read", "thumbnail"})
 
 DEFAULT_MAX_PIXELS = 64_000_000  # ~190 MB of RGB per photo inside an actor (the loader's own default)
 DEFAULT_MAX_BYTES = 200 * 1024 * 1024
 
 
 class PhotoError(Exception):
-    """A photo-level failure whose message is the row's ``error``."""
+    """A photo-level failure: ``kind`` is the row's ``error_kind``, the message its ``error``."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+    def __reduce__(self):
+        return (type(self), (self.kind, str(self)))
+
+
+def error_kind(err: BaseException) -> str:
+    """The typed kind of a failure: the loader's own for ImageLoadError, ours for PhotoError."""
+    if isinstance(err, PhotoError):
+        return err.kind
+    if isinstance(err, ImageLoadError):
+        return err.kind.value
+    return "crop"
 
 
 def reason(err: BaseException) -> str:
@@ -63,28 +84,12 @@ def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
 
 def open_photo(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, target_short_side: int | None = None) -> LoadedImage:
     """Upright RGB image, decoded no larger than ``target_short_side`` needs (JPEG draft mode: most of
-    the decode saved when only the model reads the pixels); ``original_size`` is the full size."""
-    if not data:
-        raise PhotoError("empty file (0 bytes)")
+    the decode saved when only the model reads the pixels); ``original_size`` is the full size. The
+    loader refuses images over ``max_pixels`` from their header, before any pixel is decoded."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as probe:
-                w, h = probe.size
-    except Image.DecompressionBombError as e:
-        raise PhotoError(f"too large: {reason(e)}") from e
-    except Exception:
-        w = h = 0  # not identifiable here: the loader gives the reason below
-    if w * h > max_pixels:
-        raise PhotoError(f"too large: {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            return open_image(data, target_short_side=target_short_side, max_pixels=max_pixels)
-    except PhotoError:
-        raise
-    except Exception as e:
-        raise PhotoError(f"decode: {reason(e)}") from e
+        return open_image(data, target_short_side=target_short_side, max_pixels=max_pixels)
+    except ImageLoadError as e:
+        raise PhotoError(e.kind.value, f"{'too large' if e.kind is ErrorKind.TOO_LARGE else 'decode'}: {reason(e)}") from e
 
 
 def crop_safely(crop_batch: Callable, images: Sequence[Image.Image], ratios: Sequence[str]) -> list[list]:
@@ -116,17 +121,18 @@ def crop_safely(crop_batch: Callable, images: Sequence[Image.Image], ratios: Seq
     return out
 
 
-def error_row(key: str, error: str, model_version: str, size: tuple[int, int] | None = None,
+def error_row(key: str, kind: str, error: str, model_version: str, size: tuple[int, int] | None = None,
               ratio: str | None = None) -> dict:
     w, h = size or (None, None)
     return {"key": key, "width": w, "height": h, "ratio": ratio, "x1": None, "y1": None, "x2": None,
-            "y2": None, "score": None, "model_version": model_version, "error": error}
+            "y2": None, "score": None, "model_version": model_version, "error_kind": kind, "error": error}
 
 
 def crop_row(key: str, size: tuple[int, int], ratio: str, crop, model_version: str, error: str | None = None) -> dict:
     x1, y1, x2, y2 = (int(v) for v in crop.box)
     return {"key": key, "width": size[0], "height": size[1], "ratio": ratio, "x1": x1, "y1": y1, "x2": x2,
-            "y2": y2, "score": float(crop.score), "model_version": model_version, "error": error}
+            "y2": y2, "score": float(crop.score), "model_version": model_version,
+            "error_kind": None if error is None else "thumbnail", "error": error}
 
 
 def thumbnail_jpeg(image: Image.Image, box: tuple[int, int, int, int], width: int, quality: int = 85) -> bytes:

@@ -14,6 +14,7 @@ import os
 import re
 import warnings
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import IO, Union
 
@@ -37,19 +38,34 @@ except ImportError:
 ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, IO[bytes], Image.Image, np.ndarray]
 
 
+class ErrorKind(str, Enum):
+    """Why a load failed, as a value callers branch on (HTTP status, Parquet ``error_kind``, counts);
+    the reason text is for people and may be reworded freely."""
+
+    EMPTY = "empty"  # 0 bytes
+    NOT_AN_IMAGE = "not_an_image"  # a PDF, text, a ZIP, unknown bytes...
+    UNSUPPORTED = "unsupported"  # an image format this install cannot decode (HEIC without pillow-heif, SVG)
+    TOO_LARGE = "too_large"  # over the pixel limit or Pillow's decompression-bomb guard, or out of memory
+    CORRUPT = "corrupt"  # an image whose header or data is cut short or damaged
+    UNREADABLE = "unreadable"  # the file itself: missing, a directory, no permission, an I/O error
+    BAD_ARGUMENT = "bad_argument"  # an object the loader does not take (wrong type, array shape or dtype)
+
+
 class ImageLoadError(ValueError):
     """The input is not a decodable image; ``str(err)`` says why in plain words.
 
-    ``reason`` is the explanation alone, ``source`` names the input (a path) when there is one.
+    ``kind`` says which way it failed (an ``ErrorKind``); ``reason`` is the explanation alone;
+    ``source`` names the input (a path) when there is one.
     """
 
-    def __init__(self, reason: str, source: str | None = None) -> None:
+    def __init__(self, reason: str, source: str | None = None, kind: ErrorKind = ErrorKind.CORRUPT) -> None:
         super().__init__(f"{source}: {reason}" if source else reason)
         self.reason = reason
         self.source = source
+        self.kind = ErrorKind(kind)
 
-    def __reduce__(self):  # keep the reason when pickled across Ray workers
-        return (type(self), (self.reason, self.source))
+    def __reduce__(self):  # keep the reason and kind when pickled across Ray workers
+        return (type(self), (self.reason, self.source, self.kind))
 
 
 @dataclass(frozen=True)
@@ -111,7 +127,7 @@ def open_image(src: ImageSource, target_short_side: int | None = None,
     if isinstance(src, (bytes, bytearray, memoryview)):
         data = bytes(src)
         if not data:
-            raise ImageLoadError("empty input (0 bytes)")
+            raise ImageLoadError("empty input (0 bytes)", kind=ErrorKind.EMPTY)
         return _open_and_decode(io.BytesIO(data), data[:64], target_short_side, max_pixels, source=None)
     if isinstance(src, (str, os.PathLike)):
         return _open_path(Path(src), target_short_side, max_pixels)
@@ -121,10 +137,10 @@ def open_image(src: ImageSource, target_short_side: int | None = None,
         head = fp.read(64)
         fp.seek(start)
         if not head:
-            raise ImageLoadError("empty input (0 bytes)", getattr(src, "name", None))
+            raise ImageLoadError("empty input (0 bytes)", getattr(src, "name", None), ErrorKind.EMPTY)
         return _open_and_decode(fp, head, target_short_side, max_pixels, source=_name(src))
     raise ImageLoadError(f"cannot read an image from a {type(src).__name__}; "
-                         "pass a path, bytes, a binary file, a PIL image or a uint8 array")
+                         "pass a path, bytes, a binary file, a PIL image or a uint8 array", kind=ErrorKind.BAD_ARGUMENT)
 
 
 # -- opening ----------------------------------------------------------------------------------------
@@ -145,23 +161,23 @@ def _open_path(path: Path, target_short_side: int | None, max_pixels: int | None
     try:
         size = path.stat().st_size
         if path.is_dir():
-            raise ImageLoadError("is a directory, not an image file", source)
+            raise ImageLoadError("is a directory, not an image file", source, ErrorKind.UNREADABLE)
         with path.open("rb") as f:
             if size == 0:
-                raise ImageLoadError("empty file (0 bytes)", source)
+                raise ImageLoadError("empty file (0 bytes)", source, ErrorKind.EMPTY)
             head = f.read(64)
             f.seek(0)
             return _open_and_decode(f, head, target_short_side, max_pixels, source)
     except FileNotFoundError:
-        raise ImageLoadError("no such file", source) from None
+        raise ImageLoadError("no such file", source, ErrorKind.UNREADABLE) from None
     except PermissionError:
-        raise ImageLoadError("permission denied", source) from None
+        raise ImageLoadError("permission denied", source, ErrorKind.UNREADABLE) from None
     except IsADirectoryError:
-        raise ImageLoadError("is a directory, not an image file", source) from None
+        raise ImageLoadError("is a directory, not an image file", source, ErrorKind.UNREADABLE) from None
     except ImageLoadError:
         raise
     except OSError as e:
-        raise ImageLoadError(f"cannot read the file ({e.strerror or e})", source) from None
+        raise ImageLoadError(f"cannot read the file ({e.strerror or e})", source, ErrorKind.UNREADABLE) from None
 
 
 def _open_and_decode(fp: IO[bytes], head: bytes, target_short_side: int | None, max_pixels: int | None,
@@ -171,14 +187,15 @@ def _open_and_decode(fp: IO[bytes], head: bytes, target_short_side: int | None, 
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply our own limit
             img = Image.open(fp)
     except Image.DecompressionBombError as e:
-        raise ImageLoadError(_bomb_reason(e), source) from None
+        raise ImageLoadError(_bomb_reason(e), source, ErrorKind.TOO_LARGE) from None
     except UnidentifiedImageError:
-        raise ImageLoadError(_sniff(head), source) from None
+        kind, reason = _sniff(head)
+        raise ImageLoadError(reason, source, kind) from None
     except Exception as e:  # Pillow signals bad headers with SyntaxError, struct.error, ValueError, ...
-        reason = _sniff(head)
-        if "header is cut short" not in reason:
-            reason = f"corrupt image header ({type(e).__name__}: {e})"
-        raise ImageLoadError(reason, source) from None
+        kind, reason = _sniff(head)
+        if kind is not ErrorKind.CORRUPT:
+            kind, reason = ErrorKind.CORRUPT, f"corrupt image header ({type(e).__name__}: {e})"
+        raise ImageLoadError(reason, source, kind) from None
     with img:  # closes the file only; the decoded pixels stay usable
         return _decode(img, target_short_side, max_pixels, source, owned=True)
 
@@ -191,38 +208,39 @@ def _bomb_reason(e: Exception) -> str:
             f"{2 * (limit or 0) / 1e6:.1f}; raise PIL.Image.MAX_IMAGE_PIXELS and max_pixels if it is genuine")
 
 
-def _sniff(head: bytes) -> str:
-    """Why Pillow could not identify the bytes, as precisely as their first bytes tell."""
+def _sniff(head: bytes) -> tuple[ErrorKind, str]:
+    """Why Pillow could not identify the bytes, as precisely as their first bytes tell: an image format
+    we know by its signature is a damaged image (corrupt), anything else is not an image at all."""
     signatures = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"GIF8": "GIF", b"BM": "BMP",
                   b"II*\x00": "TIFF", b"MM\x00*": "TIFF"}
     for magic, fmt in signatures.items():
         if head.startswith(magic):
-            return f"starts like a {fmt} image but its header is cut short or corrupt"
+            return ErrorKind.CORRUPT, f"starts like a {fmt} image but its header is cut short or corrupt"
     if head[8:12] == b"WEBP" and head.startswith(b"RIFF"):
-        return "starts like a WebP image but its header is cut short or corrupt"
+        return ErrorKind.CORRUPT, "starts like a WebP image but its header is cut short or corrupt"
     if head.startswith(b"%PDF"):
-        return "a PDF document, not an image"
+        return ErrorKind.NOT_AN_IMAGE, "a PDF document, not an image"
     if head[4:8] == b"ftyp":
         brand = head[8:12]
         if brand in (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"):
             if HEIF_SUPPORTED:
-                return "a HEIC/HEIF file whose header could not be read"
-            return "a HEIC/HEIF image, which needs the optional pillow-heif package"
+                return ErrorKind.CORRUPT, "a HEIC/HEIF file whose header could not be read"
+            return ErrorKind.UNSUPPORTED, "a HEIC/HEIF image, which needs the optional pillow-heif package"
         if brand in (b"avif", b"avis"):
-            return "an AVIF image whose header could not be read"
-        return "a video or other ISO media file, not an image"
+            return ErrorKind.CORRUPT, "an AVIF image whose header could not be read"
+        return ErrorKind.NOT_AN_IMAGE, "a video or other ISO media file, not an image"
     if head.startswith(b"PK\x03\x04"):
-        return "a ZIP archive, not an image"
+        return ErrorKind.NOT_AN_IMAGE, "a ZIP archive, not an image"
     if head.startswith(b"\x1f\x8b"):
-        return "a gzip archive, not an image"
+        return ErrorKind.NOT_AN_IMAGE, "a gzip archive, not an image"
     if head.startswith(b"\x1aE\xdf\xa3") or (head.startswith(b"RIFF") and head[8:11] == b"AVI"):
-        return "a video file, not an image"
+        return ErrorKind.NOT_AN_IMAGE, "a video file, not an image"
     stripped = head.lstrip().lower()
     if stripped.startswith(b"<svg") or (stripped.startswith(b"<?xml") and b"<svg" in stripped):
-        return "an SVG vector drawing; rasterise it to PNG or JPEG first"
+        return ErrorKind.UNSUPPORTED, "an SVG vector drawing; rasterise it to PNG or JPEG first"
     if _looks_like_text(head):
-        return f"looks like text, not an image (starts with {head[:24].decode('utf-8', 'replace')!r})"
-    return f"not a recognised image format (first bytes: {head[:8].hex(' ')})"
+        return ErrorKind.NOT_AN_IMAGE, f"looks like text, not an image (starts with {head[:24].decode('utf-8', 'replace')!r})"
+    return ErrorKind.NOT_AN_IMAGE, f"not a recognised image format (first bytes: {head[:8].hex(' ')})"
 
 
 def _looks_like_text(head: bytes) -> bool:
@@ -251,7 +269,7 @@ def _decode(img: Image.Image, target_short_side: int | None, max_pixels: int | N
             raise ImageLoadError(f"the header gives an empty size {width}x{height}", source)
         if max_pixels is not None and width * height > max_pixels:
             raise ImageLoadError(f"{width}x{height} is {width * height / 1e6:.1f} megapixels, over the "
-                                 f"limit of {max_pixels / 1e6:.1f} (max_pixels)", source)
+                                 f"limit of {max_pixels / 1e6:.1f} (max_pixels)", source, ErrorKind.TOO_LARGE)
         if target_short_side is not None and owned:  # draft mode rewrites the image it is applied to
             k = target_short_side / min(width, height)
             if k < 0.5:  # JPEG draft scales by 1/2, 1/4 or 1/8, never below the request; others ignore it
@@ -260,7 +278,8 @@ def _decode(img: Image.Image, target_short_side: int | None, max_pixels: int | N
     except ImageLoadError:
         raise
     except MemoryError:
-        raise ImageLoadError(f"not enough memory to decode a {img.width}x{img.height} image", source) from None
+        raise ImageLoadError(f"not enough memory to decode a {img.width}x{img.height} image", source,
+                             ErrorKind.TOO_LARGE) from None
     except Exception as e:
         raise ImageLoadError(_decode_reason(e, fmt), source) from None
 
@@ -308,11 +327,11 @@ def _upright(img: Image.Image) -> Image.Image:
 def _from_array(arr: np.ndarray) -> Image.Image:
     if arr.dtype != np.uint8 or not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (1, 3, 4))):
         raise ImageLoadError(f"arrays must be uint8 HxW, HxWx1, HxWx3 (RGB) or HxWx4 (RGBA), "
-                             f"got {arr.dtype} {arr.shape}")
+                             f"got {arr.dtype} {arr.shape}", kind=ErrorKind.BAD_ARGUMENT)
     if arr.ndim == 3 and arr.shape[2] == 1:
         arr = arr[:, :, 0]
     if arr.shape[0] < 1 or arr.shape[1] < 1:
-        raise ImageLoadError(f"empty array of shape {arr.shape}")
+        raise ImageLoadError(f"empty array of shape {arr.shape}", kind=ErrorKind.EMPTY)
     return Image.fromarray(np.ascontiguousarray(arr))
 
 

@@ -2,6 +2,19 @@
 
 from __future__ import annotations
 
+from s2cnet.imageio import ErrorKind, ImageLoadError
+
+# What an unreadable upload deserves, by the loader's typed kind (never by its wording).
+LOAD_STATUS = {
+    ErrorKind.EMPTY: 422,
+    ErrorKind.CORRUPT: 422,
+    ErrorKind.NOT_AN_IMAGE: 415,
+    ErrorKind.UNSUPPORTED: 415,
+    ErrorKind.TOO_LARGE: 413,
+    ErrorKind.UNREADABLE: 422,
+    ErrorKind.BAD_ARGUMENT: 422,
+}
+
 
 class ServiceError(Exception):
     """A client-visible failure: ``status`` is the HTTP status, ``reason`` a sentence for the caller."""
@@ -10,3 +23,8 @@ class ServiceError(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+def load_error(err: ImageLoadError) -> ServiceError:
+    """The client-visible form of a load failure: its kind picks the status, its reason is the body."""
+    return ServiceError(LOAD_STATUS[err.kind], err.reason)

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import io
-import warnings
 from collections import OrderedDict
 from typing import Any, Sequence
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from s2cnet.candidates import parse_ratio
 from s2cnet.cropper import Crop, Cropper
 from s2cnet.imageio import ImageLoadError, LoadedImage, open_image
-from serve.errors import ServiceError
+from serve.errors import ServiceError, load_error
 from serve.objects import ObjectReader, check_key
 from serve.settings import Settings
 
@@ -113,21 +112,7 @@ class CropService:
             return open_image(data, target_short_side=None if full_size else self.cropper.short_side,
                               max_pixels=self.settings.max_pixels)
         except ImageLoadError as e:
-            raise ServiceError(self._load_status(data), e.reason) from None
-
-    def _load_status(self, data: bytes) -> int:
-        """Which status a load failure deserves, from the header alone (the reason is the loader's)."""
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-                w, h = Image.open(io.BytesIO(data)).size
-        except UnidentifiedImageError:
-            return 415
-        except Image.DecompressionBombError:
-            return 413
-        except Exception:
-            return 422
-        return 413 if w * h > self.settings.max_pixels else 422
+            raise load_error(e) from None
 
     @staticmethod
     def check_fits(size: tuple[int, int], ratios: Sequence[str]) -> None:
@@ -164,7 +149,7 @@ class CropService:
         try:
             return self.cropper.crop(image, list(ratios))
         except ImageLoadError as e:  # the header was fine (decode() passed), the pixels are not
-            return ServiceError(422, e.reason)
+            return load_error(e)
         except ValueError as e:  # candidate errors are the input's fault too
             return ServiceError(422, str(e))
         except Exception as e:

@@ -1,6 +1,6 @@
 """The awkward bucket the pipeline tests run on: real photos plus every kind of upload that goes wrong.
 
-``mixed_bucket()`` -> {key: (bytes, expectation)}; expectation is "ok", ("error", prefix) for one
+``mixed_bucket()`` -> {key: (bytes, expectation)}; expectation is "ok", ("error", error_kind) for one
 whole-photo error row whose reason starts with prefix, or ("partial", {ratios that must fail}).
 """
 
@@ -61,11 +61,11 @@ def mixed_bucket(n_photos: int = 18) -> dict[str, tuple[bytes, object]]:
         "odd/palette.png": (_save(base.convert("P"), "PNG"), "ok"),
         "odd/nested/ünïcode name.jpg": (good_jpeg, "ok"),
         "odd/strip.png": (_save(base.resize((400, 12)), "PNG"), ("partial", {"9:16"})),
-        "odd/empty.jpg": (b"", ("error", "empty file")),
-        "odd/notes.jpg": (b"shopping list: milk, eggs, bread\n" * 4, ("error", "decode")),
-        "odd/corrupt.jpg": (good_jpeg[:20] + bytes(range(256)) * 8, ("error", "decode")),
-        "odd/huge.png": (blank_png(20000, 12000), ("error", "too large")),  # past Pillow's bomb guard
-        "odd/big.png": (blank_png(9000, 8000), ("error", "too large")),  # past our 64 MP limit only
+        "odd/empty.jpg": (b"", ("error", "empty")),
+        "odd/notes.jpg": (b"shopping list: milk, eggs, bread\n" * 4, ("error", "not_an_image")),
+        "odd/corrupt.jpg": (good_jpeg[:20] + bytes(range(256)) * 8, ("error", "corrupt")),
+        "odd/huge.png": (blank_png(20000, 12000), ("error", "too_large")),  # past Pillow's bomb guard
+        "odd/big.png": (blank_png(9000, 8000), ("error", "too_large")),  # past our 64 MP limit only
     }
     files.update(odd)
     return files
