@@ -1,7 +1,17 @@
-"""ugc-crop: S2CNet spatial-semantic collaborative cropping for user-generated photos."""
+"""ugc-crop: S2CNet spatial-semantic collaborative cropping for user-generated photos.
 
-from s2cnet.candidates import GridConfig, candidates, parse_ratio
-from s2cnet.cropper import Crop, Cropper
-from s2cnet.model import S2CNet, S2CNetConfig
+Exports load on first use, so ``import s2cnet.cli`` (and ``s2cnet --help``) does not load torch.
+"""
 
-__all__ = ["Crop", "Cropper", "GridConfig", "S2CNet", "S2CNetConfig", "candidates", "parse_ratio"]
+from importlib import import_module
+
+_EXPORTS = {"Crop": "s2cnet.cropper", "Cropper": "s2cnet.cropper", "GridConfig": "s2cnet.candidates",
+            "S2CNet": "s2cnet.model", "S2CNetConfig": "s2cnet.model", "candidates": "s2cnet.candidates",
+            "parse_ratio": "s2cnet.candidates"}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 's2cnet' has no attribute {name!r}")

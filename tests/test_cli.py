@@ -73,9 +73,10 @@ def test_crop_writes_named_files_and_prints_a_line_per_crop(cropper, photos, tmp
     assert len(lines) == 2 and "16:9" in lines[0] and "1:1" in lines[1]
     files = sorted(out.glob("a_*.jpg"))
     assert len(files) == 2
+    assert [f.name for f in files] == ["a_16x9.jpg", "a_1x1.jpg"]  # named by ratio, as the pipeline names them
     for f in files:
         w, h = Image.open(f).size
-        assert f.name == f"a_{w}x{h}.jpg" and str(f) in "\n".join(lines)
+        assert str(f) in "\n".join(lines)
         assert w * 9 == h * 16 or w == h  # exact ratios, to the pixel
 
 
@@ -160,7 +161,7 @@ def test_same_stem_twice_does_not_overwrite(cropper, tmp_path, capsys):
 @pytest.mark.parametrize("argv,message", [
     (["crop", "a.jpg", "--ratio", "16/9"], "W:H"),
     (["crop", "a.jpg", "--debug"], "--debug needs --out"),
-    (["crop"], "IMAGE"),
+    (["crop"], "INPUT"),
 ])
 def test_usage_errors_exit_2(argv, message, capsys):
     with pytest.raises(SystemExit) as info:
@@ -168,9 +169,77 @@ def test_usage_errors_exit_2(argv, message, capsys):
     assert info.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_missing_weights_exit_2(photos, tmp_path, capsys):
-    code = main(["crop", str(photos["a"]), "--weights", str(tmp_path / "none.pt"), "--no-objects"])
-    assert code == 2 and "no S2CNet weights" in capsys.readouterr().err
+def test_missing_or_bad_weights_exit_2(photos, tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["crop", str(photos["a"]), "--weights", str(tmp_path / "none.pt"), "--no-objects"])
+    assert info.value.code == 2 and "no such file" in capsys.readouterr().err
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all")
+    assert main(["crop", str(photos["a"]), "--weights", str(junk), "--no-objects"]) == 2
+    err = capsys.readouterr().err
+    assert "is not an S2CNet checkpoint" in err and "Traceback" not in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--quality", "0"], "--quality must be 1..100"),
+    (["--quality", "101"], "--quality must be 1..100"),
+    (["--debug-size", "-1", "--out", "o"], "--debug-size must be"),
+    (["--width", "0", "--out", "o"], "--width must be"),
+    (["--width", "64"], "add --out"),
+    (["--width", "160", "--height", "90", "--ratio", "1:1", "--out", "o"], "ratio 16:9"),
+])
+def test_bad_options_are_usage_errors(photos, extra, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["crop", str(photos["a"]), *extra])
+    assert info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_fifo_and_unwritable_out_are_usage_errors(photos, tmp_path, capsys):
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(SystemExit) as info:
+        main(["crop", str(fifo)])
+    assert info.value.code == 2 and "not a regular file" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["crop", str(photos["a"]), "--out", str(blocker / "sub")], cropper=None) == 2
+    assert "cannot create --out" in capsys.readouterr().err
+
+
+def test_folders_globs_comma_ratios_and_output_size(cropper, photos, tmp_path, capsys):
+    out = tmp_path / "out"
+    folder = photos["a"].parent
+    code = main(["crop", str(folder), "--ratio", "16:9,8:6", "--width", "160", "--out", str(out), "--json"],
+                cropper=cropper)
+    records = json_lines(capsys.readouterr().out)
+    assert code == 1  # the text file named .jpg in the folder fails, the others are cropped
+    assert sorted(Path(r["path"]).name for r in records) == ["a.jpg", "rot.jpg", "text.jpg"]
+    good = [r for r in records if "crops" in r]
+    assert [c["ratio"] for c in good[0]["crops"]] == ["16:9", "4:3"]  # canonical form
+    for r in good:
+        for c in r["crops"]:
+            assert Image.open(c["file"]).size == tuple(c["size"]) and c["size"][0] == min(160, c["box"][2] - c["box"][0])
+    assert main(["crop", str(folder / "a.*"), "--width", "64", "--height", "64", "--out", str(out / "sq"), "--json"],
+                cropper=cropper) == 0
+    (rec,) = json_lines(capsys.readouterr().out)
+    assert [c["ratio"] for c in rec["crops"]] == ["1:1"] and Image.open(rec["crops"][0]["file"]).size == (64, 64)
+
+
+def test_version_and_help_load_no_torch():
+    code = ("import sys, contextlib, io; from s2cnet.cli import build_parser; p = build_parser(); "
+            "f = io.StringIO()\nwith contextlib.redirect_stdout(f):\n    try: p.parse_args(['crop', '--help'])\n"
+            "    except SystemExit: pass\nprint('torch' in sys.modules, 'INPUT' in f.getvalue())")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True).stdout
+    assert out.split() == ["False", "True"]
+    proc = subprocess.run([sys.executable, "-m", "s2cnet.cli", "--version"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0 and proc.stdout.startswith("s2cnet (ugc-crop) ")
+
+
+def test_cli_pixel_default_is_the_loaders():
+    from s2cnet import cli, imageio
+
+    assert cli.DEFAULT_MAX_PIXELS == imageio.DEFAULT_MAX_PIXELS
 
 
 # -- debug overlay ----------------------------------------------------------------------------------
@@ -254,6 +323,6 @@ def test_python_m_s2cnet_cli_subprocess(photos, tmp_path):
     assert "looks like text" in bad["error"]
     (crop,) = good["crops"]
     x1, y1, x2, y2 = crop["box"]
-    assert Path(crop["file"]).name == f"a_{x2 - x1}x{y2 - y1}.jpg" and Path(crop["file"]).exists()
+    assert Path(crop["file"]).name == "a_3x2.jpg" and Path(crop["file"]).exists()
     assert good["model_version"].startswith("s2cnet-")
     assert Image.open(good["debug"]).size == (320, 240)
