@@ -26,7 +26,7 @@ from pipelines.photos import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, SCHEMA, Pho
                               decode, error_kind, error_row, open_photo, reason, rows_table, thumbnail_jpeg,
                               thumbnail_path)
 from pipelines.storage import InputFile, Location, delete_tree, list_inputs, read_bytes, read_output, write_bytes
-from s2cnet.candidates import parse_ratio
+from s2cnet.candidates import canonical_ratio
 
 
 # -- configuration ---------------------------------------------------------------------------------
@@ -131,13 +131,11 @@ def _env_to_forward(cfg: "JobConfig", started_here: bool) -> dict[str, str]:
 
 
 def normalize_ratios(ratios: list[str] | str) -> list[str]:
-    """Validated 'W:H' strings, duplicates (also '8:6' after '4:3') dropped, order kept."""
+    """Validated ratios in their one canonical form ('8:6' -> '4:3'), duplicates dropped, order kept."""
     items = ratios.split(",") if isinstance(ratios, str) else list(ratios)
-    seen, out = set(), []
-    for r in (s.strip() for s in items if s.strip()):
-        v = parse_ratio(r)
-        if v not in seen:
-            seen.add(v)
+    out: list[str] = []
+    for r in (canonical_ratio(s.strip()) for s in items if s.strip()):
+        if r not in out:
             out.append(r)
     if not out:
         raise ValueError("at least one ratio is required")
@@ -330,6 +328,23 @@ def _resources(cfg: JobConfig) -> tuple[int, float]:
     return max(1, int(res.get("CPU", 1) // cfg.cpus_per_actor)), gpus
 
 
+def connect_or_start(address: str | None) -> bool:
+    """Connects to the given cluster, $RAY_ADDRESS, or a running local one; else starts a local Ray.
+    True when it started one here (its workers then inherit this driver's environment)."""
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+        return False
+    try:
+        ray.init(address="auto")
+        return False
+    except ConnectionError:
+        ray.init()
+        return True
+
+
 def work_blocks(work: list, rows_per_block: int) -> list[pa.Table]:
     table = pa.table({"key": [f.key for f, _ in work], "path": [f.path for f, _ in work],
                       "size": pa.array([f.size for f, _ in work], pa.int64()), "ratios": [t for _, t in work]})
@@ -353,9 +368,7 @@ def run(cfg: JobConfig) -> Summary:
     work, skipped = plan(files, done, ratios, cfg.limit)
     started_here = False
     if work and not ray.is_initialized():
-        ray.init(address=cfg.ray_address)
-        node = getattr(getattr(ray, "_private").worker, "_global_node", None)
-        started_here = bool(getattr(node, "head", False))  # a new local Ray, started with this environment
+        started_here = connect_or_start(cfg.ray_address)
     start = time.perf_counter()  # photos/s counts actor start-up, cropping and writing, not Ray's own start
     if work:
         ctx = ray.data.DataContext.get_current()

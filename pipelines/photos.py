@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 import pyarrow as pa
 from PIL import Image
 
+from s2cnet.candidates import ratio_name
 from s2cnet.imageio import ErrorKind, ImageLoadError, LoadedImage, open_image
 
 SCHEMA = pa.schema([
@@ -67,14 +68,9 @@ def reason(err: BaseException) -> str:
     return f"{type(err).__name__}: {msg}" if msg else type(err).__name__
 
 
-def ratio_token(ratio: str) -> str:
-    """'16:9' -> '16x9': the ratio as it appears in thumbnail names."""
-    return ratio.replace(":", "x")
-
-
 def thumbnail_path(root: str, key: str, ratio: str) -> str:
     """{thumbnails root}/{key}/{W}x{H}.jpg -- a CDN finds a thumbnail from the photo key and ratio alone."""
-    return f"{root.rstrip('/')}/{key}/{ratio_token(ratio)}.jpg"
+    return f"{root.rstrip('/')}/{key}/{ratio_name(ratio)}.jpg"
 
 
 def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:

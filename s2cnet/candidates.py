@@ -39,6 +39,17 @@ def parse_ratio(ratio: str) -> tuple[int, int]:
     return w // g, h // g
 
 
+def canonical_ratio(ratio: str) -> str:
+    """'8:6' -> '4:3': the one form every output (Parquet, HTTP, CLI, file names) uses."""
+    a, b = parse_ratio(ratio)
+    return f"{a}:{b}"
+
+
+def ratio_name(ratio: str | None) -> str:
+    """'16:9' -> '16x9', None (free ratio) -> 'free': a ratio in file and object names."""
+    return "free" if ratio is None else canonical_ratio(ratio).replace(":", "x")
+
+
 def free_candidates(width: int, height: int, grid: GridConfig = GridConfig()) -> np.ndarray:
     """GAIC's grid anchors -> [N, 4] int x1,y1,x2,y2 inside the photo."""
     xs = np.round(np.arange(grid.bins + 1) * width / grid.bins).astype(int)

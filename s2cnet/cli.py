@@ -64,11 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def ratio_name(ratio: str | None) -> str:
-    """'16:9' -> '16x9', None -> 'free': how written files and every output name a ratio."""
-    return "free" if ratio is None else ratio.replace(":", "x")
-
-
 def expand_inputs(items: Iterable[str]) -> tuple[list[Path], list[str]]:
     """(photos in order, usage problems): folders give their photos recursively, patterns their
     matches; a missing path stays in the list (it becomes that photo's error line)."""
@@ -122,6 +117,7 @@ def crop_one(cropper: "Cropper", path: Path, args: argparse.Namespace, names: _N
     """Crops one photo and writes its files; returns its JSON record (raises on failure)."""
     from PIL import Image
 
+    from s2cnet.candidates import ratio_name
     from s2cnet.imageio import open_image
 
     loaded = open_image(path, max_pixels=args.max_pixels or None)
@@ -218,17 +214,17 @@ def run_crop(args: argparse.Namespace, cropper: "Cropper | None", stdout: TextIO
 
 def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Every option problem is a usage error (exit 2) before any photo or model is loaded."""
-    from s2cnet.candidates import parse_ratio
+    from s2cnet.candidates import canonical_ratio
 
     ratios: list[str] = []
     for item in args.ratio or []:
         for r in (s.strip() for s in item.split(",")):
             try:
-                a, b = parse_ratio(r)
+                r = canonical_ratio(r)  # one form, as in every other output
             except ValueError as e:
                 parser.error(str(e))
-            if f"{a}:{b}" not in ratios:
-                ratios.append(f"{a}:{b}")  # one canonical form, as in every other output
+            if r not in ratios:
+                ratios.append(r)
     for name in ("width", "height"):
         v = getattr(args, name)
         if v is not None and not 1 <= v <= MAX_OUTPUT_SIDE:

@@ -18,7 +18,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from s2cnet.candidates import GridConfig, candidates
+from s2cnet.candidates import GridConfig, candidates, canonical_ratio
 from s2cnet.checkpoint import load_checkpoint
 from s2cnet.imageio import LoadedImage, open_image
 from s2cnet.model import S2CNet, S2CNetConfig
@@ -174,6 +174,7 @@ class Cropper:
 
     def _analyses(self, images: Sequence, ratios: Sequence[str] | None, objects: list) -> Iterator[Analysis]:
         keys = [None] if ratios is None else [ratios] if isinstance(ratios, str) else list(ratios)
+        keys = [None if r is None else canonical_ratio(r) for r in keys]  # Crop.ratio: '8:6' -> '4:3'
         if not keys:
             raise ValueError("ratios is empty: give one or more 'W:H' strings, or None for a free-ratio crop")
 

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from PIL import Image
 
-from s2cnet.candidates import parse_ratio
+from s2cnet.candidates import canonical_ratio, parse_ratio
 from s2cnet.cropper import Crop, Cropper
 from s2cnet.imageio import ImageLoadError, LoadedImage, open_image
 from serve.errors import ServiceError, load_error
@@ -85,10 +85,9 @@ class CropService:
     @staticmethod
     def parse_ratio(text: str) -> str:
         try:
-            a, b = parse_ratio(text)
+            return canonical_ratio(text)
         except ValueError as e:
             raise ServiceError(422, str(e)) from None
-        return f"{a}:{b}"
 
     def check_key(self, key: str) -> str:
         if not self.settings.bucket:
