@@ -12,9 +12,11 @@ import time
 from pathlib import Path
 from typing import Awaitable, Callable, Sequence
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
+from pydantic import BaseModel, Field
 
 from s2cnet.cropper import Crop
 from s2cnet.imageio import LoadedImage
@@ -73,6 +75,48 @@ async def upload_bytes(request: Request, body: bytes) -> bytes:
     return await files[0][1].read()
 
 
+def etag_matches(header: str, etag: str) -> bool:
+    """If-None-Match as RFC 9110 compares for GET/HEAD: weakly (W/ ignored), '*' matches anything."""
+    tags = [t.strip() for t in header.split(",") if t.strip()]
+    bare = etag.removeprefix("W/")
+    return any(t == "*" or t.removeprefix("W/") == bare for t in tags)
+
+
+class CropOut(BaseModel):
+    ratio: str | None = Field(description="canonical 'W:H' (reduced), null for the free-ratio crop")
+    box: list[int] = Field(description="x1, y1, x2, y2 in pixels of the upright (EXIF-applied) photo")
+    score: float
+    cut_objects: list[list[int]] = Field(description="protected object boxes the crop still cuts through")
+
+
+class CropsResponse(BaseModel):
+    width: int
+    height: int
+    crops: list[CropOut]
+    model_version: str
+    timing_ms: dict[str, float]
+
+
+class Health(BaseModel):
+    status: str
+    model_version: str
+
+
+class ErrorBody(BaseModel):
+    detail: str = Field(description="the reason in words")
+
+
+ERROR_RESPONSES = {code: {"model": ErrorBody, "description": what} for code, what in {
+    400: "bad key", 404: "no such object", 408: "upload too slow", 413: "body or image too large",
+    415: "not an image", 422: "bad parameter or corrupt image", 502: "object store failed",
+    503: "not configured or overloaded", 504: "object store timed out"}.items()}
+IMAGE_BODY = {"requestBody": {"required": True, "description": "the photo: raw bytes, or a multipart form field 'image'",
+                              "content": {"image/*": {"schema": {"type": "string", "format": "binary"}},
+                                          "multipart/form-data": {"schema": {"type": "object", "properties": {
+                                              "image": {"type": "string", "format": "binary"}}}}}}}
+THUMBNAIL_BODY = {"description": "the thumbnail", "content": {"image/jpeg": {}, "image/webp": {}}}
+
+
 def build_app(service: CropService, crop: CropFn | None = None) -> FastAPI:
     crop = crop or direct_crop(service)
     s = service.settings
@@ -83,11 +127,20 @@ def build_app(service: CropService, crop: CropFn | None = None) -> FastAPI:
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
         return JSONResponse({"detail": exc.reason}, status_code=exc.status)
 
+    @app.exception_handler(RequestValidationError)
+    async def _bad_parameter(_: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's own checks (a missing or non-integer parameter) answer in the documented shape too."""
+        problems = []
+        for e in exc.errors():
+            where = ".".join(str(p) for p in e.get("loc", ()) if p not in ("query", "body"))
+            problems.append(f"{where}: {e.get('msg', 'invalid')}" if where else str(e.get("msg", "invalid")))
+        return JSONResponse({"detail": "; ".join(problems) or "invalid request"}, status_code=422)
+
     async def best_crops(src, size: tuple[int, int], ratios: Sequence[str]) -> tuple[list[Crop], int]:
         service.check_fits(size, ratios)
         return await crop(src, tuple(ratios))
 
-    @app.get("/healthz")
+    @app.get("/healthz", response_model=Health)
     async def healthz() -> dict:
         return {"status": "ok", "model_version": service.model_version}
 
@@ -95,8 +148,11 @@ def build_app(service: CropService, crop: CropFn | None = None) -> FastAPI:
     async def page() -> HTMLResponse:
         return HTMLResponse(page_html)
 
-    @app.post("/v1/crops")
-    async def crops(request: Request, ratios: str | None = None) -> JSONResponse:
+    @app.post("/v1/crops", response_model=CropsResponse, responses=ERROR_RESPONSES, openapi_extra=IMAGE_BODY,
+              summary="The best crop per aspect ratio of an uploaded photo")
+    async def crops(request: Request, ratios: str | None = Query(
+            None, description="comma-separated 'W:H' ratios, 'free' for a free-ratio crop (default: the service's)",
+            examples=["1:1,16:9,free"])) -> JSONResponse:
         t0 = time.perf_counter()
         wanted = service.parse_ratios(ratios)  # cheap checks before reading the body
         body = await upload_bytes(request, await read_body(request, s.max_body_bytes))
@@ -112,7 +168,8 @@ def build_app(service: CropService, crop: CropFn | None = None) -> FastAPI:
         return JSONResponse(service.crops_body(size, found, service.model_version, timing),
                             headers={"X-Batch-Size": str(batch)})
 
-    @app.get("/v1/thumbnail")
+    @app.api_route("/v1/thumbnail", methods=["GET", "HEAD"], responses={**ERROR_RESPONSES, 200: THUMBNAIL_BODY},
+                   summary="A stored photo's crop at one ratio, resized (HEAD: its headers only)")
     async def thumbnail(request: Request, key: str, ratio: str, width: int, format: str = "jpeg") -> Response:
         ratio = service.parse_ratio(ratio)
         _, media_type = service.thumbnail_format(format)
@@ -121,8 +178,10 @@ def build_app(service: CropService, crop: CropFn | None = None) -> FastAPI:
         source_etag = await asyncio.to_thread(service.reader.head, key)
         etag = service.thumbnail_etag(key, source_etag, ratio, width, format)
         headers = {"ETag": etag, "Cache-Control": f"public, max-age={s.cache_max_age}"}
-        if etag in {t.strip() for t in request.headers.get("if-none-match", "").split(",")}:
+        if etag_matches(request.headers.get("if-none-match", ""), etag):
             return Response(status_code=304, headers=headers)
+        if request.method == "HEAD":  # what a GET would answer, without fetching or rendering
+            return Response(status_code=200, media_type=media_type, headers=headers)
         obj = await asyncio.to_thread(service.reader.get, key)
         if obj.etag != source_etag:  # replaced between HEAD and GET: describe what we serve
             headers["ETag"] = service.thumbnail_etag(key, obj.etag, ratio, width, format)

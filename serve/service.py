@@ -67,15 +67,18 @@ class CropService:
         return self.cropper.model_version
 
     # -- request parsing ---------------------------------------------------------------------------
-    def parse_ratios(self, text: str | None) -> list[str]:
-        """'1:1,16:9' -> ['1:1', '16:9'] (order kept, duplicates dropped); 422 on bad syntax."""
+    def parse_ratios(self, text: str | None) -> list[str | None]:
+        """'1:1,16:9,free' -> ['1:1', '16:9', None] (canonical, order kept, duplicates dropped; None
+        is the free-ratio crop); 422 on bad syntax."""
         text = self.settings.default_ratios if text is None else text
+        if len(text) > 64 * max(1, self.settings.max_ratios):
+            raise ServiceError(422, f"ratios is {len(text)} characters long; give at most {self.settings.max_ratios} 'W:H' ratios")
         items = [t.strip() for t in text.split(",")]
         if not any(items):
-            raise ServiceError(422, "ratios is empty; give e.g. ratios=1:1,16:9")
-        out: list[str] = []
+            raise ServiceError(422, "ratios is empty; give e.g. ratios=1:1,16:9 (or free)")
+        out: list[str | None] = []
         for item in items:
-            r = self.parse_ratio(item)
+            r = None if item.lower() == "free" else self.parse_ratio(item)
             if r not in out:
                 out.append(r)
         if len(out) > self.settings.max_ratios:
@@ -84,6 +87,8 @@ class CropService:
 
     @staticmethod
     def parse_ratio(text: str) -> str:
+        if len(text) > 64:  # before any int(): a 60,000-digit term must not reach Python's int limit
+            raise ServiceError(422, f"aspect ratio must look like 'W:H' with terms 1..100, got {len(text)} characters")
         try:
             return canonical_ratio(text)
         except ValueError as e:
@@ -117,7 +122,7 @@ class CropService:
     def check_fits(size: tuple[int, int], ratios: Sequence[str]) -> None:
         """422 when the photo is too small to hold an exact crop of some ratio (e.g. 16:9 in 10x10)."""
         w, h = size
-        for r in ratios:
+        for r in (r for r in ratios if r is not None):  # a free-ratio crop fits any photo
             a, b = parse_ratio(r)
             if w < a or h < b:
                 raise ServiceError(422, f"a {w}x{h} image is too small for an exact {r} crop")
@@ -158,17 +163,20 @@ class CropService:
     def crops_body(size: tuple[int, int], crops: Sequence[Crop], model_version: str, timing_ms: dict) -> dict:
         w, h = size
         return {"width": w, "height": h,
-                "crops": [{"ratio": c.ratio, "box": [int(v) for v in c.box], "score": round(float(c.score), 6)}
-                          for c in crops],
+                "crops": [{"ratio": c.ratio, "box": [int(v) for v in c.box], "score": round(float(c.score), 6),
+                           "cut_objects": [[int(v) for v in b] for b in c.cut_objects]} for c in crops],
                 "model_version": model_version,
                 "timing_ms": {k: round(v, 2) for k, v in timing_ms.items()}}
 
     # -- thumbnails ------------------------------------------------------------------------------------
     def thumbnail_size(self, ratio: str, width: int) -> tuple[int, int]:
         a, b = parse_ratio(ratio)
-        height = max(1, round(width * b / a))
         limit = self.settings.max_thumbnail_width
-        if not 1 <= width <= limit or height > limit:
+        if not 1 <= width <= limit:  # range first: no arithmetic on a 309-digit width
+            shown = str(width) if len(str(width)) <= 12 else f"a {len(str(width))}-digit number"
+            raise ServiceError(422, f"thumbnail width must be 1..{limit} pixels, got {shown}")
+        height = max(1, round(width * b / a))
+        if height > limit:
             raise ServiceError(422, f"thumbnail must be 1..{limit} pixels on each side, asked {width}x{height}")
         return width, height
 

@@ -321,6 +321,46 @@ def test_bad_thumbnail_requests_are_refused_with_a_reason(live, params, status, 
 def test_missing_thumbnail_parameters_are_422(live):
     r = requests.get(live["url"] + "/v1/thumbnail", params={"key": "ugc/photo.jpg"})
     assert r.status_code == 422
+    assert isinstance(r.json()["detail"], str) and "ratio" in r.json()["detail"]  # the documented shape
+    bad = _thumb(live, width="wide")
+    assert bad.status_code == 422 and isinstance(bad.json()["detail"], str) and "width" in bad.json()["detail"]
+
+
+def test_huge_numbers_are_422_before_any_arithmetic(live):
+    r = _thumb(live, width="9" * 400)
+    assert r.status_code == 422 and "400-digit" in r.json()["detail"]
+    r = requests.post(live["url"] + "/v1/crops", params={"ratios": "1" * 60000 + ":1"}, data=encode(photo(64, 64)))
+    assert r.status_code == 422 and "characters" in r.json()["detail"] and "int" not in r.json()["detail"]
+
+
+def test_head_thumbnail_and_conditional_forms(live):
+    r = _thumb(live, width=240)
+    head = requests.head(live["url"] + "/v1/thumbnail", params={"key": "ugc/photo.jpg", "ratio": "16:9", "width": 240})
+    assert head.status_code == 200 and head.headers["etag"] == r.headers["etag"] and not head.content
+    assert head.headers["content-type"] == "image/jpeg"
+    for tag in ("*", "W/" + r.headers["etag"], f'"other", {r.headers["etag"]}'):
+        cached = requests.get(live["url"] + "/v1/thumbnail", headers={"If-None-Match": tag},
+                              params={"key": "ugc/photo.jpg", "ratio": "16:9", "width": 240})
+        assert cached.status_code == 304, tag
+    missing = requests.head(live["url"] + "/v1/thumbnail", params={"key": "ugc/missing.jpg", "ratio": "1:1", "width": 9})
+    assert missing.status_code == 404
+
+
+def test_free_ratio_canonical_ratios_and_cuts_in_crops_json(live):
+    r = requests.post(live["url"] + "/v1/crops", params={"ratios": "free,8:6"}, data=encode(photo(800, 600, seed=3)))
+    assert r.status_code == 200, r.text
+    free, four_three = r.json()["crops"]
+    assert free["ratio"] is None and four_three["ratio"] == "4:3"
+    assert all(isinstance(c["cut_objects"], list) for c in (free, four_three))
+
+
+def test_openapi_describes_bodies_and_errors(live):
+    spec = requests.get(live["url"] + "/openapi.json").json()
+    post = spec["paths"]["/v1/crops"]["post"]
+    assert "image/*" in post["requestBody"]["content"] and "multipart/form-data" in post["requestBody"]["content"]
+    assert {"415", "413", "422"} <= set(post["responses"])
+    assert "CropsResponse" in spec["components"]["schemas"]
+    assert "head" in spec["paths"]["/v1/thumbnail"]
 
 
 def test_200_requests_16_in_flight(live):
