@@ -61,47 +61,53 @@ class ModelSpec:
         return Cropper.from_pretrained(path, proposer=None)
 
 
-@dataclass(frozen=True)
-class WorkerSpec:
-    """Everything an actor needs, small and picklable (no filesystems, no credentials)."""
-
-    input_uri: str
-    endpoint_url: str | None
-    model: ModelSpec
-    max_bytes: int = DEFAULT_MAX_BYTES
-    thumbnails: str | None = None
-    thumb_width: int = 512
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    torch_threads: int = 1
-    io_threads: int = 8
-    use_gpu: bool = False
-    fail_once_marker: str | None = None  # tests: the first actor to reach its 2nd batch exits, once
+def _opt(default, help: str, flag: str | None = None, **kw):
+    """A JobConfig field and its command-line option in one place (crop_bucket builds its parser from these)."""
+    factory = kw.pop("default_factory", None)
+    meta = {"help": help, "flag": flag, **kw}
+    return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
 
 
 @dataclass
 class JobConfig:
-    input: str
-    output: str
-    ratios: list[str] = field(default_factory=lambda: ["1:1", "4:3", "16:9", "9:16"])
-    thumbnails: str | None = None
-    thumb_width: int = 512
-    endpoint_url: str | None = None
-    actors: int | None = None  # None: one per GPU, or one per `cpus_per_actor` CPUs
-    gpus_per_actor: float | None = None  # None: 1 when the cluster has GPUs, else 0
-    cpus_per_actor: float = 1.0
-    batch_size: int = 8
-    limit: int | None = None
-    resume: bool = False
-    overwrite: bool = False
-    model: ModelSpec = field(default_factory=ModelSpec)
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_bytes: int = DEFAULT_MAX_BYTES
-    block_photos: int = 64  # photos per Ray Data block = per task = per Parquet file, at most
-    progress: bool = True
-    ray_address: str | None = None  # None: $RAY_ADDRESS, a running local cluster, or a new local one
-    forward_aws_env: bool = True  # pass the driver's AWS_* variables (if any) to the workers
-    wait_for_actors_s: float | None = None  # start only once the whole pool is up (None: start with the first)
-    fail_once_marker: str | None = None
+    """The batch job's settings; each field's metadata is its crop_bucket option (flag and help)."""
+
+    input: str = _opt(None, "s3://bucket/prefix or a local folder of photos")
+    output: str = _opt(None, "s3://bucket/prefix or a local folder: the Parquet dataset")
+    ratios: list[str] = _opt(None, "comma-separated W:H aspect ratios",
+                             default_factory=lambda: ["1:1", "4:3", "16:9", "9:16"])
+    thumbnails: str | None = _opt(None, "write JPEG thumbnails to {THUMBNAILS}/{key}/{W}x{H}.jpg")
+    thumb_width: int = _opt(512, "thumbnail width in px (never upscaled)")
+    endpoint_url: str | None = _opt(None, "S3-compatible endpoint (default: $AWS_ENDPOINT_URL, else AWS)")
+    actors: int | None = _opt(None, "actor pool size (default: one per GPU, else one per CPU)")
+    gpus_per_actor: float | None = _opt(None, "default: 1 when the cluster has GPUs, else 0")
+    cpus_per_actor: float = _opt(1.0, "CPUs each actor holds (its torch threads)")
+    batch_size: int = _opt(8, "photos per crop_batch call")
+    limit: int | None = _opt(None, "process at most N photos (of those not done yet)")
+    resume: bool = _opt(False, "skip (photo, ratio) pairs already in --output")
+    overwrite: bool = _opt(False, "delete --output first")
+    model: ModelSpec = _opt(None, "", default_factory=ModelSpec)  # its options: --weights, --no-proposals, --untrained-ok
+    max_pixels: int = _opt(DEFAULT_MAX_PIXELS, "larger photos become error rows, refused from their header")
+    max_bytes: int = _opt(DEFAULT_MAX_BYTES, "larger objects become error rows without being read")
+    block_photos: int = _opt(64, "photos per Ray Data block = per task = per Parquet file, at most")
+    progress: bool = _opt(True, "no progress bars", flag="--no-progress")
+    ray_address: str | None = _opt(None, "Ray cluster address (default: $RAY_ADDRESS, a running local cluster, or new)",
+                                   flag="--address")
+    forward_aws_env: bool = _opt(True, "do not pass this shell's AWS_* variables to the Ray workers",
+                                 flag="--no-forward-aws-env")
+    wait_for_actors_s: float | None = _opt(None, "start cropping only once all actors are up (default: as soon as one is)",
+                                           flag="--wait-for-actors")
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything an actor needs, small and picklable (no filesystems, no credentials): the job's own
+    settings plus what the driver decided for this pool."""
+
+    job: JobConfig
+    torch_threads: int = 1
+    io_threads: int = 8
+    use_gpu: bool = False
 
 
 class OutputExistsError(RuntimeError):
@@ -150,45 +156,33 @@ class CropWorker:
         import torch
 
         torch.set_num_threads(max(1, spec.torch_threads))
-        self.spec = spec
-        self.cropper = spec.model.build()
+        self.spec, job = spec, spec.job
+        self.cropper = job.model.build()
         if spec.use_gpu and torch.cuda.is_available() and hasattr(self.cropper, "to"):
             self.cropper.to("cuda")
         self.version = self.cropper.model_version
-        self.thumbs = Location(spec.thumbnails, spec.endpoint_url) if spec.thumbnails else None
+        self.thumbs = Location(job.thumbnails, job.endpoint_url) if job.thumbnails else None
         self.thumb_fs = self.thumbs.filesystem() if self.thumbs else None
-        self.in_fs = Location(spec.input_uri, spec.endpoint_url).filesystem()
+        self.in_fs = Location(job.input, job.endpoint_url).filesystem()
         self.pool = ThreadPoolExecutor(max(1, spec.io_threads))
-        self.calls = 0
-
-    def _maybe_fail(self) -> None:
-        marker = self.spec.fail_once_marker
-        if marker and self.calls == 2:
-            try:
-                os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            except FileExistsError:
-                return
-            os._exit(1)  # a crash, as an OOM kill or a lost node would look: Ray restarts and retries
 
     def _load(self, item: dict):
         """((photo, bytes or None), None) or (None, (error kind, reason)); runs on the I/O pool (pyarrow and PIL
         release the GIL). The photo is decoded as the Cropper decodes any upload (JPEG draft mode),
         so a crop never depends on whether thumbnails were asked for; their bytes are kept for them."""
         try:
-            if item["size"] > self.spec.max_bytes:
-                raise PhotoError("too_large", f"too large: {item['size']} bytes exceeds the limit of {self.spec.max_bytes}")
+            if item["size"] > self.spec.job.max_bytes:
+                raise PhotoError("too_large", f"too large: {item['size']} bytes exceeds the limit of {self.spec.job.max_bytes}")
             try:
                 data = read_bytes(self.in_fs, item["path"])
             except Exception as e:
                 raise PhotoError("read", f"read: {reason(e)}") from e
-            photo = open_photo(data, self.spec.max_pixels, self.cropper.short_side)
+            photo = open_photo(data, self.spec.job.max_pixels, self.cropper.short_side)
             return (photo, data if self.thumbs is not None else None), None
         except Exception as e:
             return None, (error_kind(e), reason(e))
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        self.calls += 1
-        self._maybe_fail()
         items = batch.to_pylist()
         loaded = list(self.pool.map(self._load, items))
         rows: list[dict] = []
@@ -223,13 +217,13 @@ class CropWorker:
         """One full-size decode per photo serves all its ratios' thumbnails -> (row index, error)."""
         data, wanted = job
         try:
-            image = decode(data, self.spec.max_pixels)
+            image = decode(data, self.spec.job.max_pixels)
         except Exception as e:
             return [(row_i, f"thumbnail: {reason(e)}") for row_i, _, _ in wanted]
         out: list[tuple[int, str | None]] = []
         for row_i, box, path in wanted:
             try:
-                write_bytes(self.thumb_fs, path, thumbnail_jpeg(image, box, self.spec.thumb_width), "image/jpeg")
+                write_bytes(self.thumb_fs, path, thumbnail_jpeg(image, box, self.spec.job.thumb_width), "image/jpeg")
                 out.append((row_i, None))
             except Exception as e:
                 out.append((row_i, f"thumbnail: {reason(e)}"))
@@ -376,11 +370,7 @@ def run(cfg: JobConfig) -> Summary:
         if cfg.wait_for_actors_s:
             ctx.wait_for_min_actors_s = int(cfg.wait_for_actors_s)
         actors, gpus = _resources(cfg)
-        spec = WorkerSpec(input_uri=cfg.input, endpoint_url=cfg.endpoint_url, model=cfg.model,
-                          max_bytes=cfg.max_bytes, thumbnails=cfg.thumbnails,
-                          thumb_width=cfg.thumb_width, max_pixels=cfg.max_pixels,
-                          torch_threads=max(1, int(cfg.cpus_per_actor)), use_gpu=gpus > 0,
-                          fail_once_marker=cfg.fail_once_marker)
+        spec = WorkerSpec(job=cfg, torch_threads=max(1, int(cfg.cpus_per_actor)), use_gpu=gpus > 0)
         # Enough blocks that every actor gets several; at most block_photos photos per output file.
         per_block = max(1, min(cfg.block_photos, math.ceil(len(work) / (actors * 8))))
         ds = ray.data.from_arrow(work_blocks(work, per_block))

@@ -14,49 +14,56 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import fields
 
 from pipelines.batch import JobConfig, ModelSpec, OutputExistsError, normalize_ratios, run
 
 
+def job_options(p: argparse.ArgumentParser) -> None:
+    """One option per JobConfig field, from the field itself: its flag, help, type and default."""
+    defaults = JobConfig(input="", output="")
+    for f in fields(JobConfig):
+        if f.name == "model":
+            continue
+        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        kind = str(f.type).split("|")[0].strip()
+        if kind == "bool":
+            p.add_argument(flag, dest=f.name, action="store_false" if default else "store_true", default=None,
+                           help=f.metadata["help"])
+            continue
+        shown = ",".join(default) if isinstance(default, list) else default
+        p.add_argument(flag, dest=f.name, type={"int": int, "float": float}.get(kind, str), default=None,
+                       help=f.metadata["help"] + (f" (default: {shown})" if shown not in (None, "") else ""))
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--demo", action="store_true", help="run the embedded demo (also the default with no arguments)")
     p.add_argument("--demo-dir", default="ugc-crop-demo", help="where the demo writes its contact sheet")
-    p.add_argument("--input", help="s3://bucket/prefix or a local folder of photos")
-    p.add_argument("--output", help="s3://bucket/prefix or a local folder: the Parquet dataset")
-    p.add_argument("--ratios", default="1:1,4:3,16:9,9:16", help="comma-separated W:H aspect ratios")
-    p.add_argument("--thumbnails", help="write JPEG thumbnails to {THUMBNAILS}/{key}/{W}x{H}.jpg")
-    p.add_argument("--thumb-width", type=int, default=512, help="thumbnail width in px (never upscaled)")
-    p.add_argument("--endpoint-url", help="S3-compatible endpoint (default: $AWS_ENDPOINT_URL, else AWS)")
-    p.add_argument("--actors", type=int, help="actor pool size (default: one per GPU, else one per CPU)")
-    p.add_argument("--gpus-per-actor", type=float, help="default: 1 when the cluster has GPUs, else 0")
-    p.add_argument("--cpus-per-actor", type=float, default=1.0)
-    p.add_argument("--batch-size", type=int, default=8, help="photos per crop_batch call")
-    p.add_argument("--limit", type=int, help="process at most N photos (of those not done yet)")
-    p.add_argument("--resume", action="store_true", help="skip (photo, ratio) pairs already in --output")
-    p.add_argument("--overwrite", action="store_true", help="delete --output first")
+    job_options(p)
     p.add_argument("--weights", help="S2CNet weights file (default: the weights shipped with s2cnet)")
     p.add_argument("--no-proposals", action="store_true", help="score without object proposals")
     p.add_argument("--untrained-ok", action="store_true", help="development: random weights if none exist")
-    p.add_argument("--max-pixels", type=int, default=64_000_000, help="larger photos become error rows")
-    p.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, a running local cluster, or new)")
-    p.add_argument("--wait-for-actors", type=float, metavar="SECONDS",
-                   help="start cropping only once all actors are up (default: as soon as one is)")
-    p.add_argument("--no-forward-aws-env", action="store_true",
-                   help="do not pass this shell's AWS_* variables to the Ray workers")
     p.add_argument("--summary-json", help="also write the summary as JSON here")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     if not args.demo and not (args.input or args.output):
         args.demo = True
     if not args.demo and not (args.input and args.output):
         p.error("--input and --output are both required (or neither, for the demo)")
     try:
-        args.ratios = normalize_ratios(args.ratios)
+        if args.ratios is not None:
+            args.ratios = normalize_ratios(args.ratios)
     except ValueError as e:
         p.error(str(e))
     return args
+
+
+def job_config(args: argparse.Namespace) -> JobConfig:
+    """The options given, over JobConfig's own defaults."""
+    given = {f.name: getattr(args, f.name) for f in fields(JobConfig)
+             if f.name != "model" and getattr(args, f.name, None) is not None}
+    return JobConfig(**given, model=ModelSpec(args.weights, not args.no_proposals, args.untrained_ok))
 
 
 def summary_dict(summary) -> dict:
@@ -71,20 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.demo:
         from pipelines.demo import run_demo
 
+        overrides = {k: getattr(args, k) for k in ("batch_size", "actors") if getattr(args, k) is not None}
         summary, sheet = run_demo(args.demo_dir, ratios=args.ratios,
-                                  cfg_overrides={"batch_size": args.batch_size, "progress": not args.no_progress,
-                                                 "actors": args.actors})
+                                  cfg_overrides={**overrides, "progress": args.progress is not False})
         print(f"contact sheet: {sheet}")
     else:
-        cfg = JobConfig(input=args.input, output=args.output, ratios=args.ratios, thumbnails=args.thumbnails,
-                        thumb_width=args.thumb_width, endpoint_url=args.endpoint_url, actors=args.actors,
-                        gpus_per_actor=args.gpus_per_actor, cpus_per_actor=args.cpus_per_actor,
-                        batch_size=args.batch_size, limit=args.limit, resume=args.resume, overwrite=args.overwrite,
-                        model=ModelSpec(args.weights, not args.no_proposals, args.untrained_ok),
-                        max_pixels=args.max_pixels, progress=not args.no_progress, ray_address=args.address,
-                        forward_aws_env=not args.no_forward_aws_env, wait_for_actors_s=args.wait_for_actors)
         try:
-            summary = run(cfg)
+            summary = run(job_config(args))
         except OutputExistsError as e:
             print(f"crop_bucket: {e}", file=sys.stderr)
             return 2

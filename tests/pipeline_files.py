@@ -7,7 +7,9 @@ whole-photo error row whose reason starts with prefix, or ("partial", {ratios th
 from __future__ import annotations
 
 import io
+import os
 import struct
+import sys
 import zlib
 from typing import TYPE_CHECKING
 
@@ -95,3 +97,39 @@ def model_for_tests(tmp_dir) -> tuple[ModelSpec, list[str]]:
     path = Path(tmp_dir) / "random_s2cnet.pt"
     torch.save({"model": model.state_dict(), "config": model.cfg.to_dict()}, path)
     return ModelSpec(weights=str(path), proposals=False), ["--weights", str(path), "--no-proposals"]
+
+
+def crash_once_model(spec, marker: str):
+    """``spec`` (a ModelSpec) whose actors' Croppers kill their process on their 2nd batch, once per
+    ``marker`` file: a crash as an OOM kill or a lost node looks, for the retry path. Test-only, so
+    it lives here and travels to the Ray workers by value (this module is not importable there)."""
+    import dataclasses
+
+    import ray.cloudpickle
+
+    from pipelines.batch import ModelSpec
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+    @dataclasses.dataclass(frozen=True)
+    class CrashOnce(ModelSpec):
+        marker: str = ""
+
+        def build(self):
+            cropper = ModelSpec(self.weights, self.proposals, self.untrained_ok).build()
+            inner, calls = cropper.crop_batch, [0]
+
+            def crop_batch(*args, **kwargs):
+                calls[0] += 1
+                if calls[0] == 2:
+                    try:
+                        os.close(os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                        os._exit(1)
+                    except FileExistsError:
+                        pass
+                return inner(*args, **kwargs)
+
+            cropper.crop_batch = crop_batch
+            return cropper
+
+    return CrashOnce(spec.weights, spec.proposals, spec.untrained_ok, marker)

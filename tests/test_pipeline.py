@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pipeline_files import expected_rows, mixed_bucket, model_for_tests
+from pipeline_files import crash_once_model, expected_rows, mixed_bucket, model_for_tests
 from pipelines.batch import JobConfig, OutputExistsError, normalize_ratios, plan, run
 from pipelines.photos import SCHEMA, PhotoError, crop_safely, decode, thumbnail_path
 from pipelines.storage import InputFile, Location, list_inputs, read_output
@@ -197,7 +197,7 @@ def test_partial_run_then_resume_through_a_crash_equals_one_run(full_run, files,
     assert first.complete and first.planned == 10
     assert first.rows == sum(1 if k in whole_photo_errors else 2 for k in sorted(files)[:10])
     marker = tmp_path / "crashed"
-    second = run(job(bucket, "resumed", model, resume=True, fail_once_marker=str(marker)))
+    second = run(job(bucket, "resumed", (crash_once_model(model[0], str(marker)),), resume=True))
     assert marker.exists(), "no actor crashed: the retry path was not exercised"
     assert second.complete and second.duplicates == 0
     assert second.planned == len({r["key"] for r in rows})  # the first 10 still lack two ratios
