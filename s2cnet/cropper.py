@@ -13,13 +13,14 @@ import hashlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from s2cnet.candidates import GridConfig, candidates, canonical_ratio
 from s2cnet.checkpoint import load_checkpoint
+from s2cnet.proposals import Proposer, as_proposer
 from s2cnet.imageio import LoadedImage, open_image
 from s2cnet.model import S2CNet, S2CNetConfig
 from s2cnet.transforms import model_input
@@ -52,12 +53,21 @@ def inference_copy(model: S2CNet) -> S2CNet:
     return model
 
 
+@dataclass
+class PendingObjects:
+    """A photo's object boxes on their way: known already (``boxes``, full-size pixels), or the
+    proposer's image-only stage running on the worker thread (``prepared``)."""
+
+    boxes: np.ndarray | None = None
+    prepared: Future | None = None
+
+
 class Cropper:
-    def __init__(self, model: S2CNet, proposer=None, short_side: int = 256, grid: GridConfig = GridConfig(),
+    def __init__(self, model: S2CNet, proposer: Proposer | Callable | None = None, short_side: int = 256, grid: GridConfig = GridConfig(),
                  model_version: str = "untrained", integrity_margin: float = 0.1, protected_objects: int = 3,
                  bf16: bool | None = None) -> None:
         self.model = inference_copy(model)
-        self.proposer = proposer
+        self.proposer = as_proposer(proposer)
         self._pool: ThreadPoolExecutor | None = None  # one worker: face detection beside the backbone
         # The graph head's matmuls in bfloat16 where the CPU has native bf16 (AVX512-BF16/AMX): ~1.6x
         # faster scoring, ranking unchanged on GAICD (see README); None picks it from the hardware.
@@ -102,29 +112,22 @@ class Cropper:
             # RoI/RoDAlign want a contiguous map: converting once here saves a copy per align call
             return self.model.backbone.reduce(fused).contiguous(), fused, scale
 
-    def _start_objects(self, loaded: LoadedImage, objects) -> Future | np.ndarray | None:
-        """Given objects as an array; else starts the proposer's image-only stage on the worker thread."""
-        if objects is not None:
-            return np.asarray(objects, np.float32).reshape(-1, 4)
-        if self.proposer is None:
-            return np.zeros((0, 4), np.float32)
-        prepare = getattr(self.proposer, "prepare", None)
-        if prepare is None:
-            return None
+    def _start_objects(self, loaded: LoadedImage, objects) -> PendingObjects:
+        """Given objects (or none, without a proposer) as they are; else starts the proposer's
+        image-only stage on the worker thread."""
+        if objects is not None or self.proposer is None:
+            boxes = np.zeros((0, 4), np.float32) if objects is None else np.asarray(objects, np.float32).reshape(-1, 4)
+            return PendingObjects(boxes=boxes)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="s2cnet-proposals")
-        return self._pool.submit(prepare, loaded.image)
+        return PendingObjects(prepared=self._pool.submit(self.proposer.prepare, loaded.image))
 
-    def _finish_objects(self, loaded: LoadedImage, started, fused: torch.Tensor) -> np.ndarray:
+    def _finish_objects(self, loaded: LoadedImage, pending: PendingObjects, fused: torch.Tensor) -> np.ndarray:
         """Object boxes in full-size pixels."""
-        if isinstance(started, np.ndarray):
-            return started
-        if started is None:
-            boxes = self.proposer(loaded.image)
-        elif getattr(self.proposer, "shares_backbone", False):
-            boxes = self.proposer(loaded.image, fused=fused, faces=started.result())
-        else:
-            boxes = self.proposer(loaded.image, faces=started.result())
+        if pending.boxes is not None:
+            return pending.boxes
+        boxes = self.proposer.propose(loaded.image, pending.prepared.result(),
+                                      fused if self.proposer.shares_backbone else None)
         sx, sy = loaded.scale
         return np.asarray(boxes, np.float32).reshape(-1, 4) * np.array([sx, sy, sx, sy], np.float32)
 
@@ -178,7 +181,7 @@ class Cropper:
         if not keys:
             raise ValueError("ratios is empty: give one or more 'W:H' strings, or None for a free-ratio crop")
 
-        def begin(i: int) -> tuple[LoadedImage, list[np.ndarray], Future | np.ndarray | None]:
+        def begin(i: int) -> tuple[LoadedImage, list[np.ndarray], PendingObjects]:
             loaded = self._load(images[i])
             w, h = loaded.original_size
             per_ratio = [candidates(w, h, r, self.grid) for r in keys]  # bad ratios fail before any model work

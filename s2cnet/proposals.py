@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
@@ -25,8 +25,40 @@ from s2cnet.transforms import model_input
 
 
 class Proposer(Protocol):
-    def __call__(self, image: Image.Image) -> np.ndarray:
-        """RGB image -> [M, 4] float x1,y1,x2,y2 boxes in that image's pixels, best first."""
+    """What the Cropper calls for object boxes, in two stages so the image-only part (faces) runs on a
+    worker thread while the backbone runs: ``prepare(image)`` there, then ``propose`` on the caller's
+    thread with prepare's result and, when ``shares_backbone``, the scorer's fused stride-16 map of
+    the same photo. Boxes are [M, 4] float x1,y1,x2,y2 in ``image``'s pixels, best first."""
+
+    shares_backbone: bool
+
+    def prepare(self, image: Image.Image) -> Any: ...
+
+    def propose(self, image: Image.Image, prepared: Any, fused: torch.Tensor | None) -> np.ndarray: ...
+
+
+class ImageProposer:
+    """Any ``image -> boxes`` callable as a Proposer (no image-only stage, no shared backbone)."""
+
+    shares_backbone = False
+
+    def __init__(self, fn: Callable[[Image.Image], np.ndarray]) -> None:
+        self.fn = fn
+
+    def prepare(self, image: Image.Image) -> None:
+        return None
+
+    def propose(self, image: Image.Image, prepared: None, fused: torch.Tensor | None) -> np.ndarray:
+        return self.fn(image)
+
+
+def as_proposer(proposer: "Proposer | Callable[[Image.Image], np.ndarray] | None") -> "Proposer | None":
+    """A Proposer as it is; a plain callable wrapped; None stays None (no object nodes)."""
+    if proposer is None or hasattr(proposer, "propose"):
+        return proposer
+    if not callable(proposer):
+        raise TypeError(f"a proposer is a Proposer or a callable image -> boxes, got {type(proposer).__name__}")
+    return ImageProposer(proposer)
 
 
 class FaceDetector:
@@ -118,6 +150,9 @@ class SaliencyProposer:
                 mass.append(float(up[labels > 0].sum()) * 0.9)
         return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(mass, np.float32)
 
+    def propose(self, image: Image.Image, prepared: np.ndarray, fused: torch.Tensor | None) -> np.ndarray:
+        return self(image, fused=fused if self.shares_backbone else None, faces=prepared)
+
     def __call__(self, image: Image.Image, fused: torch.Tensor | None = None,
                  faces: np.ndarray | None = None) -> np.ndarray:
         """Boxes in ``image``'s pixels; ``fused`` must come from this same image, ``faces`` from ``prepare``."""
@@ -136,7 +171,7 @@ class SaliencyProposer:
         return out
 
 
-class DetectorProposer:
+class DetectorProposer(ImageProposer):
     """torchvision Faster R-CNN boxes, for users who have detector weights (local path or s3:// URI)."""
 
     def __init__(self, weights: str | Path, arch: str = "fasterrcnn_mobilenet_v3_large_fpn", num_classes: int = 91,
@@ -148,6 +183,7 @@ class DetectorProposer:
         state = torch.load(io.BytesIO(read_bytes(str(weights), endpoint_url)), map_location="cpu", weights_only=True)
         self.model.load_state_dict(state)
         self.score_threshold, self.max_objects = score_threshold, max_objects
+        self.fn = self
 
     @torch.no_grad()
     def __call__(self, image: Image.Image) -> np.ndarray:

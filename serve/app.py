@@ -9,8 +9,10 @@ Everything that is not Ray lives in serve.service (the logic) and serve.routes (
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from typing import Any
 
+import yaml
 from PIL import Image
 from ray import serve
 
@@ -20,21 +22,18 @@ from serve.routes import build_app
 from serve.service import CropService
 from serve.settings import Settings
 
-AUTOSCALING = {
-    "min_replicas": 1,
-    "max_replicas": 2,  # one per core on the 2-core reference box; raise with the cluster
-    "target_ongoing_requests": 8,  # about one full batch queued per replica
-    "upscale_delay_s": 10,
-    "downscale_delay_s": 120,
-}
+CONFIG = Path(__file__).with_name("config.yaml")
 
 
-@serve.deployment(
-    autoscaling_config=AUTOSCALING,
-    max_ongoing_requests=32,
-    ray_actor_options={"num_cpus": 1},
-    health_check_period_s=10,
-)
+def deployment_options(path: Path = CONFIG) -> dict[str, Any]:
+    """The deployment's numbers (replicas, autoscaling, concurrency, CPUs) from the config file, so
+    ``serve run serve.app:app`` without it gets what ``serve run serve/config.yaml`` gets."""
+    deployment = dict(yaml.safe_load(path.read_text())["applications"][0]["deployments"][0])
+    deployment.pop("name", None)
+    return deployment
+
+
+@serve.deployment(**deployment_options())
 @serve.ingress()
 class CropDeployment:
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
@@ -60,7 +59,7 @@ class CropDeployment:
             raise result
         return result, batch_size
 
-    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.005)
+    @serve.batch(max_batch_size=Settings.max_batch_size, batch_wait_timeout_s=Settings.batch_wait_timeout_s)  # set per Settings
     async def _crop_batch(self, items: list[tuple[bytes | Image.Image | LoadedImage, tuple[str, ...]]]) -> list[tuple[Any, int]]:
         # The model runs in a thread so this replica keeps reading and decoding the next requests.
         self._model_free.clear()

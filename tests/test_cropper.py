@@ -186,7 +186,7 @@ class FaceStageProposer:
         w, h = image.size
         return np.array([[0.1 * w, 0.15 * h, 0.45 * w, 0.6 * h]], np.float32)  # a "face"
 
-    def __call__(self, image: Image.Image, fused=None, faces=None) -> np.ndarray:
+    def propose(self, image: Image.Image, faces, fused) -> np.ndarray:
         assert faces is not None, "the Cropper must hand over prepare()'s result"
         self.calls.append((image.size, faces.copy(), None if fused is None else tuple(fused.shape)))
         w, h = image.size

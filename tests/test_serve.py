@@ -493,3 +493,18 @@ def test_demo_page_draws_each_crop(live, tmp_path):
         others = np.abs(shot - np.array(color)) < 24
         others[top:top + h, left:left + w] = False
         assert not others.all(-1).any(), f"{color} appears outside the {crop['ratio']} canvas"
+
+
+def test_serve_numbers_have_one_home():
+    """The deployment reads its numbers from config.yaml; the config sets no Settings default again."""
+    import yaml
+
+    from serve.app import CONFIG, deployment_options
+
+    config = yaml.safe_load(CONFIG.read_text())
+    app = config["applications"][0]
+    assert app["args"] == {}  # every Settings default lives in serve/settings.py
+    from ray.serve.schema import ServeDeploySchema
+
+    ServeDeploySchema.model_validate(config)
+    assert deployment_options()["max_ongoing_requests"] == app["deployments"][0]["max_ongoing_requests"]
