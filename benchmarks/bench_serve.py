@@ -130,13 +130,15 @@ def breakdown(images: list[bytes], args: dict, repeats: int = 20) -> dict:
     the backbone, so the Cropper's total is below the sum.
     """
     from s2cnet.candidates import candidates
+    from s2cnet.cropper import PendingObjects
     from serve.service import CropService
     from serve.settings import Settings
 
     svc = CropService(Settings.load(args))
     c = svc.cropper
-    names = ("validate + draft decode (service.decode)", "cropper takes the decoded image", "resize+backbone", "faces (worker thread)",
-             "saliency boxes", "candidates", "score candidates", "choose", "sum of stages", "Cropper.crop total")
+    names = ("validate + draft decode (service.decode)", "cropper takes the decoded image", "resize+backbone",
+             "faces (worker thread)", "saliency boxes", "candidates", "score candidates", "choose", "sum of stages",
+             "Cropper.crop total")
     stages: dict[str, list[float]] = {k: [] for k in names}
     ratios = RATIOS.split(",")
     n_cand = n_obj = 0
@@ -147,7 +149,9 @@ def breakdown(images: list[bytes], args: dict, repeats: int = 20) -> dict:
         loaded = c._load(validated); t.append(time.perf_counter())  # the route hands its decode over
         feat, fused, scale = c._features(loaded); t.append(time.perf_counter())
         faces = c.proposer.prepare(loaded.image) if c.proposer is not None else None; t.append(time.perf_counter())
-        objs = c._finish_objects(loaded, np.zeros((0, 4), np.float32) if c.proposer is None else _done(faces), fused)
+        none = np.zeros((0, 4), np.float32)
+        pending = PendingObjects(boxes=none) if c.proposer is None else PendingObjects(prepared=_done(faces))
+        objs = c._finish_objects(loaded, pending, fused)
         t.append(time.perf_counter())
         w, h = loaded.original_size
         per_ratio = [candidates(w, h, r, c.grid) for r in ratios]; t.append(time.perf_counter())

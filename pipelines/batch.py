@@ -22,9 +22,22 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipelines.photos import (DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, SCHEMA, PhotoError, crop_row, crop_safely,
-                              decode, error_kind, error_row, open_photo, reason, rows_table, thumbnail_jpeg,
-                              thumbnail_path)
+from pipelines.photos import (
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_PIXELS,
+    SCHEMA,
+    PhotoError,
+    crop_row,
+    crop_safely,
+    decode,
+    error_kind,
+    error_row,
+    open_photo,
+    reason,
+    rows_table,
+    thumbnail_jpeg,
+    thumbnail_path,
+)
 from pipelines.storage import InputFile, Location, delete_tree, list_inputs, read_bytes, read_output, write_bytes
 from s2cnet.candidates import canonical_ratio
 
@@ -48,7 +61,7 @@ class ModelSpec:
         if not path.exists():
             if not self.untrained_ok:
                 raise FileNotFoundError(f"no S2CNet weights at {path} (pass --weights PATH)")
-            warnings.warn(f"no S2CNet weights at {path}: using a seeded random-weight model (demo only)")
+            warnings.warn(f"no S2CNet weights at {path}: using a seeded random-weight model (demo only)", stacklevel=2)
             torch.manual_seed(0)  # every actor must score with the same random model
             return Cropper(S2CNet(), proposer=None)
         if self.proposals:
@@ -57,7 +70,7 @@ class ModelSpec:
             except (ImportError, FileNotFoundError) as e:
                 if not self.untrained_ok:
                     raise RuntimeError(f"object proposals unavailable ({e}); pass --no-proposals") from e
-                warnings.warn(f"object proposals unavailable ({e}): scoring without object nodes")
+                warnings.warn(f"object proposals unavailable ({e}): scoring without object nodes", stacklevel=2)
         return Cropper.from_pretrained(path, proposer=None)
 
 
@@ -123,7 +136,7 @@ def aws_env() -> dict[str, str]:
     return {k: os.environ[k] for k in AWS_ENV if os.environ.get(k)}
 
 
-def _env_to_forward(cfg: "JobConfig", started_here: bool) -> dict[str, str]:
+def _env_to_forward(cfg: JobConfig, started_here: bool) -> dict[str, str]:
     """AWS_* variables the workers may lack: none when this driver started Ray (workers inherit its
     environment) or the job's runtime_env already carries them; a per-task runtime_env costs fresh
     worker processes, so it is used only when needed."""

@@ -81,7 +81,8 @@ def write_contact_sheet(output: Location, source: Location, html_path: str | Pat
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>{html.escape(title)} contact sheet</title>
 <style>body{{font-family:sans-serif;margin:1em}} .row{{display:flex;flex-wrap:wrap;gap:8px;align-items:flex-end}}
 figure{{margin:0}} figure img{{max-height:180px;border:3px solid #ccc}} figcaption{{font-size:12px;text-align:center}}
-section{{border-bottom:1px solid #ddd;padding:6px 0}} table{{border-collapse:collapse}} td{{border:1px solid #ccc;padding:2px 6px}}</style>
+section{{border-bottom:1px solid #ddd;padding:6px 0}} table{{border-collapse:collapse}}
+td{{border:1px solid #ccc;padding:2px 6px}}</style>
 </head><body><h1>{html.escape(title)} contact sheet</h1>
 <p>{len(by_key)} photos, {len(rows)} rows, model {html.escape(", ".join(versions))}. Boxes: {legend}</p>
 {"".join(cards)}

@@ -23,9 +23,9 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 GRPC_OFFSET = 10000  # weed's plugin worker dials the admin server at admin.port + 10000 whatever we say
 DEFAULT_REGION = "us-east-1"
@@ -134,7 +134,7 @@ class LocalS3:
         if self.owns_dir:
             shutil.rmtree(self.data_dir, ignore_errors=True)
 
-    def __enter__(self) -> "LocalS3":
+    def __enter__(self) -> LocalS3:
         return self
 
     def __exit__(self, *exc) -> None:

@@ -8,7 +8,7 @@ a photo that decodes gives one row per requested ratio, each with a box or its o
 from __future__ import annotations
 
 import io
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import pyarrow as pa
 from PIL import Image

@@ -112,7 +112,7 @@ def read_output(loc: Location, columns: list[str], fs: pafs.FileSystem | None = 
         try:
             tables.append(pq.read_table(f, filesystem=fs, columns=columns))
         except (pa.ArrowInvalid, OSError) as e:
-            warnings.warn(f"unreadable output file {f}: {e}" + ("; deleting it" if drop_unreadable else ""))
+            warnings.warn(f"unreadable output file {f}: {e}" + ("; deleting it" if drop_unreadable else ""), stacklevel=2)
             if drop_unreadable:
                 fs.delete_file(f)
     return pa.concat_tables(tables, promote_options="default") if tables else pa.table(

@@ -79,7 +79,7 @@ class FusedMobileNetV2(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.reduce(self.fused(x))
 
-    def fold_batchnorm(self) -> "FusedMobileNetV2":
+    def fold_batchnorm(self) -> FusedMobileNetV2:
         """Inference only: folds every BatchNorm into the conv before it (same outputs, ~fewer passes)."""
         for module in self.modules():
             if isinstance(module, nn.Sequential):

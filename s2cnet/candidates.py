@@ -8,9 +8,9 @@ multiples of the reduced W:H, so exact to the pixel) at several scales, slid ove
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from math import gcd
-import re
 
 import numpy as np
 

@@ -14,8 +14,9 @@ import glob
 import json
 import stat
 import sys
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence, TextIO
+from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:  # torch loads only when a photo is cropped: --help and usage errors stay instant
     from s2cnet.cropper import Cropper
@@ -113,7 +114,7 @@ def output_size(box: Sequence[int], width: int | None, height: int | None) -> tu
     return w, h
 
 
-def crop_one(cropper: "Cropper", path: Path, args: argparse.Namespace, names: _Names | None) -> dict:
+def crop_one(cropper: Cropper, path: Path, args: argparse.Namespace, names: _Names | None) -> dict:
     """Crops one photo and writes its files; returns its JSON record (raises on failure)."""
     from PIL import Image
 
@@ -163,7 +164,7 @@ def _print_record(record: dict, as_json: bool, stdout: TextIO, stderr: TextIO) -
             print(f"{record['path']}  debug -> {record['debug']}", file=stdout, flush=True)
 
 
-def load_cropper(weights: Path | None, objects: bool, stderr: TextIO) -> "Cropper | None":
+def load_cropper(weights: Path | None, objects: bool, stderr: TextIO) -> Cropper | None:
     """The Cropper, or None after a one-line reason on stderr (a usage error, exit 2)."""
     from s2cnet.cropper import Cropper
 
@@ -178,7 +179,7 @@ def load_cropper(weights: Path | None, objects: bool, stderr: TextIO) -> "Croppe
     return None
 
 
-def run_crop(args: argparse.Namespace, cropper: "Cropper | None", stdout: TextIO, stderr: TextIO) -> int:
+def run_crop(args: argparse.Namespace, cropper: Cropper | None, stdout: TextIO, stderr: TextIO) -> int:
     from s2cnet.imageio import ImageLoadError
 
     names = None
@@ -255,7 +256,7 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error("; ".join(problems))
 
 
-def main(argv: Sequence[str] | None = None, cropper: "Cropper | None" = None) -> int:
+def main(argv: Sequence[str] | None = None, cropper: Cropper | None = None) -> int:
     """Entry point of ``s2cnet``; ``cropper`` lets embedding code and tests supply their own model."""
     parser = build_parser()
     args = parser.parse_args(argv)

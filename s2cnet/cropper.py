@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from s2cnet.candidates import GridConfig, candidates, canonical_ratio
 from s2cnet.checkpoint import load_checkpoint
-from s2cnet.proposals import Proposer, as_proposer
 from s2cnet.imageio import LoadedImage, open_image
-from s2cnet.model import S2CNet, S2CNetConfig
+from s2cnet.model import S2CNet
+from s2cnet.proposals import Proposer, as_proposer
 from s2cnet.transforms import model_input
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -63,7 +63,8 @@ class PendingObjects:
 
 
 class Cropper:
-    def __init__(self, model: S2CNet, proposer: Proposer | Callable | None = None, short_side: int = 256, grid: GridConfig = GridConfig(),
+    def __init__(self, model: S2CNet, proposer: Proposer | Callable | None = None, short_side: int = 256,
+                 grid: GridConfig = GridConfig(),
                  model_version: str = "untrained", integrity_margin: float = 0.1, protected_objects: int = 3,
                  bf16: bool | None = None) -> None:
         self.model = inference_copy(model)
@@ -81,7 +82,7 @@ class Cropper:
         self.protected_objects = protected_objects
 
     @classmethod
-    def from_pretrained(cls, path: str | Path | None = None, proposer="default", **kwargs) -> "Cropper":
+    def from_pretrained(cls, path: str | Path | None = None, proposer="default", **kwargs) -> Cropper:
         """Loads the committed weights (or ``path``); ``proposer=None`` disables object proposals."""
         path = Path(path) if path is not None else DEFAULT_WEIGHTS
         if not path.exists():

@@ -65,7 +65,8 @@ class GAICD(torch.utils.data.Dataset):
         """Crops, MOS and objects in original pixels, as stored."""
         crops, mos = read_yxyx(self.root / "annotations" / f"{image_id}.txt", with_score=True)
         obj_path = self.root / "objects" / f"{image_id}.txt"
-        objects = read_yxyx(obj_path, with_score=False)[0] if self.use_objects and obj_path.exists() else np.zeros((0, 4), np.float32)
+        objects = (read_yxyx(obj_path, with_score=False)[0] if self.use_objects and obj_path.exists()
+                   else np.zeros((0, 4), np.float32))
         return crops, mos, objects
 
     def load_raw(self, image_id: str) -> tuple[Image.Image, np.ndarray, np.ndarray, np.ndarray]:

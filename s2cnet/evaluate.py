@@ -12,8 +12,8 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> None:
     for mode in modes:
         name = f"S2CNet ({ {'paper': 'paper objects', 'none': 'no objects', 'proposed': 'our proposals'}[mode] })"
         rows[name], sec = evaluate(network_scorer(cropper, mode), dataset, args.limit)
-        print(f"{name}: SRCC {rows[name]['SRCC']:.3f} Acc5 {rows[name]['Acc5']:.1f} Acc10 {rows[name]['Acc10']:.1f} ({sec*1000:.0f} ms/image)", flush=True)
+        m = rows[name]
+        print(f"{name}: SRCC {m['SRCC']:.3f} Acc5 {m['Acc5']:.1f} Acc10 {m['Acc10']:.1f} ({sec * 1000:.0f} ms/image)", flush=True)
     if not args.no_baselines:
         if args.gaic_weights.exists():
             gaic = Cropper.from_pretrained(args.gaic_weights, proposer=None, bf16=False if args.fp32 else None)

@@ -34,7 +34,8 @@ def listwise_loss(pred: torch.Tensor, target: torch.Tensor, temperature: float =
     temperature the target mass sits on the top few crops, so their order dominates the gradient.
     """
     p_target = torch.softmax(target / temperature, dim=0)
-    return -(p_target * torch.log_softmax(pred / temperature, dim=0)).sum() + (p_target * torch.log(p_target.clamp(min=1e-12))).sum()
+    cross = -(p_target * torch.log_softmax(pred / temperature, dim=0)).sum()
+    return cross + (p_target * torch.log(p_target.clamp(min=1e-12))).sum()  # minus the target's entropy: 0 at best
 
 
 def preference_loss(pred: torch.Tensor, vote_margin: torch.Tensor, margin: float = 0.5) -> torch.Tensor:

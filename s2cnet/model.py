@@ -14,8 +14,7 @@ import torch
 from torch import nn
 
 from s2cnet.backbone import FusedMobileNetV2
-from s2cnet.graph import (AggregationGate, SemanticEdges, SpatialEdges, SpatialSemanticAttention,
-                          graph_tokens, pair_geometry)
+from s2cnet.graph import AggregationGate, SemanticEdges, SpatialEdges, SpatialSemanticAttention, graph_tokens, pair_geometry
 from s2cnet.roi import rod_features, roi_features
 
 STRIDE = 16
@@ -39,7 +38,7 @@ class S2CNetConfig:
     tf_padding: bool = False  # TensorFlow "SAME" padding on stride-2 convs (backbones converted from TF)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "S2CNetConfig":
+    def from_dict(cls, d: dict) -> S2CNetConfig:
         known = {f.name for f in fields(cls)}
         unknown = set(d) - known
         if unknown:

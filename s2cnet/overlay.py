@@ -8,7 +8,7 @@ white (red when a chosen crop cuts through them) and chosen crops in distinct co
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont

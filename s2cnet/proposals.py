@@ -9,8 +9,9 @@ detector weights can plug in torchvision's Faster R-CNN instead (``DetectorPropo
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -21,7 +22,6 @@ from torchvision.ops import nms
 
 from s2cnet.saliency import SALIENCY_WEIGHTS, SaliencyHead, SaliencyNet, load_saliency, load_saliency_head
 from s2cnet.transforms import model_input
-
 
 
 class Proposer(Protocol):
@@ -52,7 +52,7 @@ class ImageProposer:
         return self.fn(image)
 
 
-def as_proposer(proposer: "Proposer | Callable[[Image.Image], np.ndarray] | None") -> "Proposer | None":
+def as_proposer(proposer: Proposer | Callable[[Image.Image], np.ndarray] | None) -> Proposer | None:
     """A Proposer as it is; a plain callable wrapped; None stays None (no object nodes)."""
     if proposer is None or hasattr(proposer, "propose"):
         return proposer

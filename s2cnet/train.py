@@ -58,7 +58,7 @@ class TrainConfig:
     model: S2CNetConfig = field(default_factory=S2CNetConfig)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         d = dict(d)
         model = S2CNetConfig.from_dict(d.pop("model", {}))
         known = {f.name for f in fields(cls)}
@@ -146,8 +146,11 @@ def train(cfg: TrainConfig, report=None) -> dict[str, float]:
     if cfg.freeze_stage8:
         for p in model.backbone.stage8.parameters():
             p.requires_grad_(False)
-    backbone = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith("backbone.") and not n.startswith("backbone.reduce")]
-    head = [p for n, p in model.named_parameters() if p.requires_grad and not (n.startswith("backbone.") and not n.startswith("backbone.reduce"))]
+    def in_backbone(name: str) -> bool:  # the MobileNetV2 stages; the 1x1 reduction learns at the head's rate
+        return name.startswith("backbone.") and not name.startswith("backbone.reduce")
+
+    backbone = [p for n, p in model.named_parameters() if p.requires_grad and in_backbone(n)]
+    head = [p for n, p in model.named_parameters() if p.requires_grad and not in_backbone(n)]
     opt = torch.optim.AdamW([{"params": backbone, "lr": cfg.backbone_lr}, {"params": head, "lr": cfg.lr}],
                             weight_decay=cfg.weight_decay)
     total = cfg.epochs * len(train_set)
@@ -195,11 +198,12 @@ def train(cfg: TrainConfig, report=None) -> dict[str, float]:
             sched.step()
             logs.append({"loss": loss.item(), **parts})
             if cfg.progress_every and len(logs) % cfg.progress_every == 0:
-                print(f"  epoch {epoch} step {len(logs)}/{len(order)} loss {np.mean([l['loss'] for l in logs[-cfg.progress_every:]]):.4f} "
+                recent = np.mean([r["loss"] for r in logs[-cfg.progress_every:]])
+                print(f"  epoch {epoch} step {len(logs)}/{len(order)} loss {recent:.4f} "
                       f"{(time.time() - t0) / len(logs):.3f}s/step", flush=True)
         val = evaluate_on(model, val_set)
-        losses = sorted({k for l in logs for k in l})  # "fcdb" only on the steps that had a pair term
-        row = {"epoch": epoch, **{k: float(np.mean([l[k] for l in logs if k in l])) for k in losses},
+        losses = sorted({k for r in logs for k in r})  # "fcdb" only on the steps that had a pair term
+        row = {"epoch": epoch, **{k: float(np.mean([r[k] for r in logs if k in r])) for k in losses},
                "val_SRCC": val["SRCC"], "val_Acc5": val["Acc5"], "val_Acc10": val["Acc10"]}
         if fcdb_val is not None:
             row["val_fcdb_pairs"] = evaluate_pairs(model, fcdb_val)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import hashlib
 import io
 from collections import OrderedDict
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from PIL import Image
 
@@ -72,7 +73,8 @@ class CropService:
         is the free-ratio crop); 422 on bad syntax."""
         text = self.settings.default_ratios if text is None else text
         if len(text) > 64 * max(1, self.settings.max_ratios):
-            raise ServiceError(422, f"ratios is {len(text)} characters long; give at most {self.settings.max_ratios} 'W:H' ratios")
+            raise ServiceError(422, f"ratios is {len(text)} characters long; "
+                                    f"give at most {self.settings.max_ratios} 'W:H' ratios")
         items = [t.strip() for t in text.split(",")]
         if not any(items):
             raise ServiceError(422, "ratios is empty; give e.g. ratios=1:1,16:9 (or free)")

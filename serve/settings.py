@@ -6,8 +6,9 @@ One place, so ``serve run``, ``serve deploy``, the tests and the benchmark confi
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 from s2cnet.imageio import DEFAULT_MAX_PIXELS
 
@@ -36,7 +37,7 @@ class Settings:
     box_cache_size: int = 2048  # thumbnail crop boxes remembered per replica (per object ETag + ratio)
 
     @classmethod
-    def load(cls, args: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> "Settings":
+    def load(cls, args: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Settings:
         """``args`` (serve config / ``bind`` kwargs) win over ``UGC_SERVE_<NAME>`` env vars."""
         args = dict(args or {})
         env = os.environ if env is None else env

@@ -55,7 +55,7 @@ def mixed_bucket(n_photos: int = 18) -> dict[str, tuple[bytes, object]]:
     frames = [Image.new("RGB", (120, 90), c) for c in ("red", "green", "blue")]
     odd = {
         "odd/cmyk.jpg": (_save(base.convert("CMYK"), "JPEG"), "ok"),
-        "odd/grey16.png": (_save(Image.fromarray((np.asarray(base.convert("L"), np.uint16) * 257)), "PNG"), "ok"),
+        "odd/grey16.png": (_save(Image.fromarray(np.asarray(base.convert("L"), np.uint16) * 257), "PNG"), "ok"),
         "odd/rgb16.png": (cv2.imencode(".png", rgb16)[1].tobytes(), "ok"),
         "odd/rgba.png": (_save(base.convert("RGBA"), "PNG"), "ok"),
         "odd/exif_rotated.jpg": (_save(base, "JPEG", exif=exif), "ok"),

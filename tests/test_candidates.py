@@ -98,7 +98,8 @@ def test_parse_ratio(ratio: str, expected: tuple[int, int]) -> None:
     assert parse_ratio(ratio) == expected
 
 
-@pytest.mark.parametrize("bad", ["", "16", "16:9:1", "16x9", "1.5:1", "0:1", "1:0", "-1:1", "a:b", "101:1", "16:", None, 16, (16, 9)])
+@pytest.mark.parametrize("bad", ["", "16", "16:9:1", "16x9", "1.5:1", "0:1", "1:0", "-1:1", "a:b", "101:1", "16:",
+                                 None, 16, (16, 9)])
 def test_bad_ratio_strings_raise(bad) -> None:
     with pytest.raises(ValueError):
         parse_ratio(bad)

@@ -16,8 +16,7 @@ from PIL import Image, ImageDraw
 from s2cnet.cli import main
 from s2cnet.cropper import DEFAULT_WEIGHTS, Crop, Cropper
 from s2cnet.model import S2CNet, S2CNetConfig
-from s2cnet.overlay import (CROP_COLOURS, CUT_OBJECT_COLOUR, OBJECT_COLOUR, render_overlay,
-                            score_heat)
+from s2cnet.overlay import CROP_COLOURS, CUT_OBJECT_COLOUR, OBJECT_COLOUR, render_overlay, score_heat
 
 ROOT = Path(__file__).resolve().parents[1]
 OBJECTS = [(150, 60, 260, 170), (20, 150, 110, 230)]
@@ -298,7 +297,8 @@ def test_overlay_scores_agree_with_the_chosen_crops(object_cropper, cropper):
         assert [x.box for x in analysis.crops] == [x.box for x in crops]
         boxes = np.concatenate([c_ for c_ in analysis.candidates.values()])
         scores = np.concatenate([s_ for s_ in analysis.scores.values()])
-        np.testing.assert_allclose(scores, c.score(image, boxes, objects=objs), atol=1e-4)  # the heat map shows the scores the choice used
+        # the heat map shows the scores the choice used
+        np.testing.assert_allclose(scores, c.score(image, boxes, objects=objs), atol=1e-4)
         for crop in crops:
             k = int(np.flatnonzero((boxes == crop.box).all(1))[0])
             assert abs(scores[k] - crop.score) < 1e-4  # the heat map shows the scores the choice used

@@ -9,8 +9,7 @@ import torch
 
 from s2cnet.backbone import FusedMobileNetV2
 from s2cnet.cropper import inference_copy
-from s2cnet.graph import (AggregationGate, SemanticEdges, SpatialSemanticAttention, graph_tokens,
-                          pair_geometry)
+from s2cnet.graph import AggregationGate, SemanticEdges, SpatialSemanticAttention, graph_tokens, pair_geometry
 from s2cnet.model import S2CNet, S2CNetConfig
 from s2cnet.roi import box_coverage, rod_features, roi_features
 

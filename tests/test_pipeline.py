@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-
 from pipeline_files import crash_once_model, expected_rows, mixed_bucket, model_for_tests
+
 from pipelines.batch import JobConfig, OutputExistsError, normalize_ratios, plan, run
 from pipelines.photos import SCHEMA, PhotoError, crop_safely, decode, thumbnail_path
 from pipelines.storage import InputFile, Location, list_inputs, read_output

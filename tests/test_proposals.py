@@ -10,8 +10,7 @@ from PIL import Image
 from s2cnet.checkpoint import load_checkpoint
 from s2cnet.cropper import DEFAULT_WEIGHTS, Cropper
 from s2cnet.model import S2CNet, S2CNetConfig
-from s2cnet.proposals import (SALIENCY_WEIGHTS, DetectorProposer, FaceDetector, SaliencyProposer,
-                              default_proposer, load_saliency)
+from s2cnet.proposals import SALIENCY_WEIGHTS, DetectorProposer, FaceDetector, SaliencyProposer, default_proposer, load_saliency
 from s2cnet.saliency import SaliencyHead, SaliencyNet
 from s2cnet.transforms import model_input
 

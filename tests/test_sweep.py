@@ -13,10 +13,11 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-
 from conftest import GAICD_DIR, needs_gaicd
+
 from s2cnet.model import S2CNet
-from s2cnet.train import TrainConfig, parse_args as train_parse_args
+from s2cnet.train import TrainConfig
+from s2cnet.train import parse_args as train_parse_args
 from tune import sweep
 
 
@@ -160,4 +161,5 @@ def test_smoke_sweep_on_s3_storage_restores_from_the_bucket(ray_session, local_s
     again = sweep.main(argv + ["--resume"])  # restored from the bucket: nothing left to run, same result
     assert [r["trial"] for r in again["leaderboard"]] == [r["trial"] for r in first["leaderboard"]]
     assert again["leaderboard"][0]["SRCC"] == first["leaderboard"][0]["SRCC"]
-    assert train_parse_args(["--config", str(again["best_config"])]).model.edge_strategy == first["leaderboard"][0]["edge_strategy"]
+    best = train_parse_args(["--config", str(again["best_config"])])
+    assert best.model.edge_strategy == first["leaderboard"][0]["edge_strategy"]

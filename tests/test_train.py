@@ -10,6 +10,7 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
+from synthetic_gaicd import write_gaicd
 
 from s2cnet.backbone import FusedMobileNetV2
 from s2cnet.checkpoint import best_run, chosen_checkpoint, load_checkpoint
@@ -18,9 +19,8 @@ from s2cnet.data import GAICD
 from s2cnet.export import export_model
 from s2cnet.model import S2CNet, S2CNetConfig
 from s2cnet.saliency import SaliencyHead, SaliencyNet, load_saliency_head
-from s2cnet.train_saliency import main as saliency_main
 from s2cnet.train import TrainConfig, load_backbone_init, parse_args, train, update_average
-from synthetic_gaicd import write_gaicd
+from s2cnet.train_saliency import main as saliency_main
 
 SMALL = dict(node_dim=64, num_heads=4)
 

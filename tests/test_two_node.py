@@ -17,8 +17,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-
 from pipeline_files import expected_rows, mixed_bucket, model_for_tests
+
 from pipelines.object_store import free_ports
 from pipelines.storage import Location, read_output
 

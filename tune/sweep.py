@@ -199,7 +199,8 @@ def leaderboard(grid) -> list[dict]:
         m = r.metrics or {}
         if r.config is None or (not r.error and "epoch" not in m):
             continue
-        row = {"trial": m.get("trial_id") or (Path(r.path).name if r.path else "?"), **{k: r.config[k] for k in MODEL_KEYS + TRAIN_KEYS},
+        trial = m.get("trial_id") or (Path(r.path).name if r.path else "?")
+        row = {"trial": trial, **{k: r.config[k] for k in MODEL_KEYS + TRAIN_KEYS},
                "epochs": m.get("epoch", 0), "SRCC": m.get("SRCC", math.nan), "Acc5": m.get("Acc5", math.nan),
                "Acc10": m.get("Acc10", math.nan), "resumed_at": m.get("start_epoch", 0),
                "status": "ERROR" if r.error else "ok"}
@@ -387,7 +388,8 @@ def report(grid, args: argparse.Namespace, path: str, fs, planned: int) -> dict:
     # finished = stopped by ASHA, ran all epochs, or errored; an interrupted sweep also has trials not yet created
     finished = sum(1 for r in grid if r.error or (r.metrics or {}).get("done"))
     unfinished = max(planned - finished, 0)
-    export = args.export_dir or (Path(path) if fs is None and not path.startswith("s3://") else ROOT / "runs" / "tune" / args.name)
+    local = fs is None and not path.startswith("s3://")
+    export = args.export_dir or (Path(path) if local else ROOT / "runs" / "tune" / args.name)
     export.mkdir(parents=True, exist_ok=True)
     write_csv(export / "leaderboard.csv", rows, LEADERBOARD_COLUMNS)
     write_csv(export / "edge_summary.csv", summary, SUMMARY_COLUMNS)
