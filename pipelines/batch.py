@@ -127,6 +127,41 @@ class OutputExistsError(RuntimeError):
     pass
 
 
+class StartupError(RuntimeError):
+    """A job that cannot start (bad location, store unreachable, no permission): one line for the user."""
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:300]}" if text else type(e).__name__
+
+
+def check_locations(cfg: JobConfig) -> None:
+    """Refuses, before Ray starts, what would fail or loop later: outputs inside the input (a resume
+    would ingest them as photos) and an input that cannot be listed or outputs that cannot be written."""
+    src = Location(cfg.input, cfg.endpoint_url)
+    outs = [("--output", Location(cfg.output, cfg.endpoint_url))]
+    if cfg.thumbnails:
+        outs.append(("--thumbnails", Location(cfg.thumbnails, cfg.endpoint_url)))
+    for flag, out in outs:
+        a, b = src.root.rstrip("/") + "/", out.root.rstrip("/") + "/"
+        if src.is_s3 == out.is_s3 and (a.startswith(b) or b.startswith(a)):
+            raise StartupError(f"{flag} {out.uri} overlaps --input {src.uri}: keep outputs outside the photos' prefix")
+    try:
+        src.filesystem().get_file_info(src.root)
+        list_inputs(src)
+    except Exception as e:
+        raise StartupError(f"cannot list --input {src.uri} ({_one_line(e)})") from None
+    for flag, out in outs:
+        probe = out.join(f".ugc-crop-write-check-{os.getpid()}")
+        try:
+            fs = out.filesystem()
+            write_bytes(fs, probe, b"")
+            fs.delete_file(probe)
+        except Exception as e:
+            raise StartupError(f"cannot write to {flag} {out.uri} ({_one_line(e)})") from None
+
+
 AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
            "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3")
 
@@ -364,6 +399,7 @@ def run(cfg: JobConfig) -> Summary:
     import ray.data
 
     ratios = normalize_ratios(cfg.ratios)
+    check_locations(cfg)
     src, out = Location(cfg.input, cfg.endpoint_url), Location(cfg.output, cfg.endpoint_url)
     files = list_inputs(src)
     if cfg.overwrite:

@@ -16,7 +16,7 @@ import json
 import sys
 from dataclasses import fields
 
-from pipelines.batch import JobConfig, ModelSpec, OutputExistsError, normalize_ratios, run
+from pipelines.batch import JobConfig, ModelSpec, OutputExistsError, StartupError, normalize_ratios, run
 
 
 def job_options(p: argparse.ArgumentParser) -> None:
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         try:
             summary = run(job_config(args))
-        except OutputExistsError as e:
+        except (OutputExistsError, StartupError) as e:
             print(f"crop_bucket: {e}", file=sys.stderr)
             return 2
     if summary.errors:

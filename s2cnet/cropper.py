@@ -53,6 +53,24 @@ def inference_copy(model: S2CNet) -> S2CNet:
     return model
 
 
+MAX_COORDINATE = 1e6  # pixels; photos are at most 64 MP, so anything past this is a caller's bug
+
+
+def finite_boxes(boxes, name: str) -> np.ndarray:
+    """[N, 4] float32 x1,y1,x2,y2; NaN, inf or absurd coordinates are a ValueError, not a crash deep in
+    RoIAlign (or a NaN score)."""
+    try:
+        arr = np.asarray(boxes, np.float64)
+        arr = arr.reshape(-1, 4)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be an [N, 4] array of x1, y1, x2, y2, got {np.shape(boxes)}") from None
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{name} holds NaN or infinite coordinates")
+    if np.abs(arr).max(initial=0) > MAX_COORDINATE:
+        raise ValueError(f"{name} holds coordinates beyond {MAX_COORDINATE:.0e} pixels")
+    return arr.astype(np.float32)
+
+
 @dataclass
 class PendingObjects:
     """A photo's object boxes on their way: known already (``boxes``, full-size pixels), or the
@@ -117,7 +135,7 @@ class Cropper:
         """Given objects (or none, without a proposer) as they are; else starts the proposer's
         image-only stage on the worker thread."""
         if objects is not None or self.proposer is None:
-            boxes = np.zeros((0, 4), np.float32) if objects is None else np.asarray(objects, np.float32).reshape(-1, 4)
+            boxes = np.zeros((0, 4), np.float32) if objects is None else finite_boxes(objects, "objects")
             return PendingObjects(boxes=boxes)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="s2cnet-proposals")
@@ -149,7 +167,7 @@ class Cropper:
 
         objects: [M, 4] boxes, an empty [0, 4] array for no object nodes, or None to propose them.
         """
-        boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+        boxes = finite_boxes(boxes, "boxes")
         loaded = self._load(image)
         if len(boxes) == 0:
             return np.zeros(0, np.float32)

@@ -243,3 +243,24 @@ def test_script_copied_alone_runs_from_another_directory(ray_session, full_run, 
     assert "crop_bucket:" in proc.stdout and "complete" in proc.stdout
     got = rows_of(Location(str(tmp_path / "crops")))
     assert _comparable(got) == _comparable([r for r in rows if r["key"] in set(keys)])
+
+
+def test_startup_problems_are_one_line_exit_2_before_ray(tmp_path, local_s3, capsys):
+    from pipelines.crop_bucket import main as crop_bucket_main
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.new("RGB", (64, 48), "white").save(photos / "a.jpg")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cases = [
+        (["--input", str(photos), "--output", str(photos / "crops")], "overlaps --input"),
+        (["--input", str(photos), "--output", str(tmp_path / "out"), "--thumbnails", str(photos)], "overlaps --input"),
+        (["--input", str(photos), "--output", str(blocker / "out")], "cannot write to --output"),
+        (["--input", "s3://no-such-bucket-here/x/", "--output", "s3://no-such-bucket-here/y/",
+          "--endpoint-url", local_s3.endpoint_url], "cannot list --input"),
+    ]
+    for argv, message in cases:
+        assert crop_bucket_main([*argv, "--no-progress", "--untrained-ok"]) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert message in err and "Traceback" not in err and len(err.splitlines()) == 1, err
