@@ -38,6 +38,7 @@ def deployment_options(path: Path = CONFIG) -> dict[str, Any]:
 class CropDeployment:
     def __init__(self, settings: dict[str, Any] | None = None) -> None:
         self.service = CropService(Settings.load(settings))
+        self.service.check_store()
         self._crop_batch.set_max_batch_size(self.service.settings.max_batch_size)
         self._crop_batch.set_batch_wait_timeout_s(self.service.settings.batch_wait_timeout_s)
         self.service.cropper.crop(Image.new("RGB", (640, 480), "gray"), ["1:1"])  # warm-up; fails fast if broken

@@ -58,10 +58,34 @@ class ObjectReader:
             import boto3
             from botocore.config import Config
 
-            self._client = boto3.client("s3", config=Config(retries={"max_attempts": 2}, connect_timeout=5,
-                                                            read_timeout=30, max_pool_connections=32),
+            # Short timeouts and one retry: a store that accepts connections but never answers must
+            # cost a request seconds, not minutes (routes add an overall deadline on top).
+            self._client = boto3.client("s3", config=Config(retries={"max_attempts": 2, "mode": "standard"},
+                                                            connect_timeout=2, read_timeout=4,
+                                                            max_pool_connections=32),
                                         **self._client_args)
         return self._client
+
+    def check(self) -> None:
+        """Raises ValueError with the reason when the configured store cannot serve thumbnails: a
+        malformed endpoint, a bucket that does not exist, credentials it refuses, no answer."""
+        from urllib.parse import urlparse
+
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        endpoint = self._client_args["endpoint_url"]
+        if endpoint is not None:
+            url = urlparse(endpoint)
+            if url.scheme not in ("http", "https") or not url.hostname:
+                raise ValueError(f"endpoint_url must be an http(s) URL, got {endpoint!r}")
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError as e:
+            code = str(e.response.get("Error", {}).get("Code", ""))
+            what = "does not exist" if code in {"404", "NoSuchBucket", "NotFound"} else f"refused access ({code})"
+            raise ValueError(f"thumbnail bucket {self.bucket!r} {what}") from None
+        except BotoCoreError as e:
+            raise ValueError(f"object store at {endpoint or 'AWS'} unreachable ({type(e).__name__})") from None
 
     def head(self, key: str) -> str:
         """The object's ETag; 404 when it does not exist."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fastapi import FastAPI, Query, Request
@@ -120,6 +121,16 @@ THUMBNAIL_BODY = {"description": "the thumbnail", "content": {"image/jpeg": {}, 
 def build_app(service: CropService, crop: CropFn | None = None) -> FastAPI:
     crop = crop or direct_crop(service)
     s = service.settings
+    # Object-store calls get their own bounded pool and an overall deadline: a store that never
+    # answers costs a thumbnail request seconds (504) and never the threads decoding uploads.
+    store_pool = ThreadPoolExecutor(s.store_threads, thread_name_prefix="store")
+
+    async def store_call(fn, *args):
+        try:
+            return await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(store_pool, fn, *args),
+                                          timeout=s.store_deadline_s)
+        except TimeoutError:
+            raise ServiceError(504, f"the object store did not answer within {s.store_deadline_s:g} s") from None
     app = FastAPI(title="ugc-crop", description="S2CNet crops and thumbnails", version="1")
     page_html = PAGE.read_text()
 
@@ -175,14 +186,14 @@ def build_app(service: CropService, crop: CropFn | None = None) -> FastAPI:
         _, media_type = service.thumbnail_format(format)
         service.thumbnail_size(ratio, width)
         service.check_key(key)
-        source_etag = await asyncio.to_thread(service.reader.head, key)
+        source_etag = await store_call(service.reader.head, key)
         etag = service.thumbnail_etag(key, source_etag, ratio, width, format)
         headers = {"ETag": etag, "Cache-Control": f"public, max-age={s.cache_max_age}"}
         if etag_matches(request.headers.get("if-none-match", ""), etag):
             return Response(status_code=304, headers=headers)
         if request.method == "HEAD":  # what a GET would answer, without fetching or rendering
             return Response(status_code=200, media_type=media_type, headers=headers)
-        obj = await asyncio.to_thread(service.reader.get, key)
+        obj = await store_call(service.reader.get, key)
         if obj.etag != source_etag:  # replaced between HEAD and GET: describe what we serve
             headers["ETag"] = service.thumbnail_etag(key, obj.etag, ratio, width, format)
         image = (await asyncio.to_thread(service.decode, obj.data, True)).image

@@ -97,9 +97,16 @@ class CropService:
             raise ServiceError(422, str(e)) from None
 
     def check_key(self, key: str) -> str:
+        key = check_key(key, self.settings.prefix)  # a bad key is the caller's fault whatever the setup (400)
         if not self.settings.bucket:
             raise ServiceError(503, "no bucket configured for thumbnails (set UGC_SERVE_BUCKET)")
-        return check_key(key, self.settings.prefix)
+        return key
+
+    def check_store(self) -> None:
+        """At start-up: a configured thumbnail store that cannot serve is a deployment error, not a 500
+        (or a cacheable 404) on every thumbnail later."""
+        if self.settings.bucket:
+            self.reader.check()
 
     def check_body_size(self, n: int) -> None:
         if n > self.settings.max_body_bytes:

@@ -35,6 +35,8 @@ class Settings:
     max_batch_size: int = 8
     batch_wait_timeout_s: float = 0.005
     box_cache_size: int = 2048  # thumbnail crop boxes remembered per replica (per object ETag + ratio)
+    store_threads: int = 8  # object-store calls in flight per replica (their own pool, apart from decoding)
+    store_deadline_s: float = 8.0  # a thumbnail's store call fails with 504 past this
 
     @classmethod
     def load(cls, args: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Settings:

@@ -508,3 +508,69 @@ def test_serve_numbers_have_one_home():
 
     ServeDeploySchema.model_validate(config)
     assert deployment_options()["max_ongoing_requests"] == app["deployments"][0]["max_ongoing_requests"]
+
+
+@pytest.fixture()
+def blackhole():
+    """A TCP server on 127.0.0.1 that accepts connections and never answers: a hung object store."""
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held, stop = [], threading.Event()
+
+    def accept():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    t.join()
+    for c in held:
+        c.close()
+    server.close()
+
+
+def test_a_store_that_never_answers_costs_seconds_and_not_crops(blackhole):
+    from fastapi.testclient import TestClient
+
+    from s2cnet.cropper import Cropper
+    from s2cnet.model import S2CNet
+    from serve.routes import build_app
+
+    settings = Settings.load({"bucket": BUCKET, "prefix": PREFIX, "endpoint_url": blackhole, "access_key": "a",
+                              "secret_key": "b", "store_deadline_s": 3.0}, env={})
+    service = CropService(settings, cropper=Cropper(S2CNet(), proposer=None))
+    with pytest.raises(ValueError, match="unreachable"):
+        service.check_store()  # the deployment refuses to start on it
+    client = TestClient(build_app(service))
+    with ThreadPoolExecutor(4) as pool:
+        t0 = time.monotonic()
+        stuck = [pool.submit(client.get, "/v1/thumbnail", params={"key": "ugc/a.jpg", "ratio": "1:1", "width": 64})
+                 for _ in range(4)]
+        crops = client.post("/v1/crops?ratios=1:1", content=encode(photo(320, 240)))
+        assert crops.status_code == 200 and time.monotonic() - t0 < 3.0  # uploads do not wait for the store
+        answers = [f.result(timeout=30) for f in stuck]
+    assert all(a.status_code == 504 for a in answers) and time.monotonic() - t0 < 10.0
+
+
+def test_store_configuration_is_checked_at_start(local_s3):
+    bad_url = CropService(Settings.load({"bucket": BUCKET, "endpoint_url": "not a url"}, env={}), cropper=object())
+    with pytest.raises(ValueError, match="http"):
+        bad_url.check_store()
+    missing = CropService(Settings.load({"bucket": "no-such-bucket", "endpoint_url": local_s3.endpoint_url,
+                                         "access_key": local_s3.access_key, "secret_key": local_s3.secret_key},
+                                        env={}), cropper=object())
+    with pytest.raises(ValueError, match="does not exist"):
+        missing.check_store()
+    no_bucket = CropService(Settings.load({}, env={}), cropper=object())
+    with pytest.raises(ServiceError) as bad_key:
+        no_bucket.check_key("../etc/passwd")
+    assert bad_key.value.status == 400  # the key is judged before the missing configuration (503)
