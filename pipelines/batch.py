@@ -12,6 +12,7 @@ object becomes an error row rather than a failed read task.
 from __future__ import annotations
 
 import collections
+import datetime
 import math
 import os
 import time
@@ -21,11 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 
 from pipelines.photos import (
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_PIXELS,
     SCHEMA,
+    TRANSIENT_KINDS,
     PhotoError,
     crop_row,
     crop_safely,
@@ -38,7 +41,7 @@ from pipelines.photos import (
     thumbnail_jpeg,
     thumbnail_path,
 )
-from pipelines.storage import InputFile, Location, delete_tree, list_inputs, read_bytes, read_output, write_bytes
+from pipelines.storage import InputFile, Location, delete_tree, drop_keys, list_inputs, read_bytes, read_output, write_bytes
 from s2cnet.candidates import canonical_ratio
 
 
@@ -50,6 +53,13 @@ class ModelSpec:
     weights: str | None = None  # None: the weights shipped in the s2cnet package
     proposals: bool = True  # object proposals (saliency); False scores with no object nodes
     untrained_ok: bool = False  # dev/demo only: random (seeded) weights when no weights file exists
+
+    def version(self) -> str:
+        """The model version the actors' Croppers will record, known here without loading torch."""
+        from s2cnet.checkpoint import weights_version
+
+        path = Path(self.weights) if self.weights else Path(__file__).resolve().parents[1] / "s2cnet" / "weights" / "s2cnet.pt"
+        return weights_version(path) if path.exists() else "untrained"
 
     def build(self):
         import torch
@@ -97,7 +107,10 @@ class JobConfig:
     cpus_per_actor: float = _opt(1.0, "CPUs each actor holds (its torch threads)")
     batch_size: int = _opt(8, "photos per crop_batch call")
     limit: int | None = _opt(None, "process at most N photos (of those not done yet)")
-    resume: bool = _opt(False, "skip (photo, ratio) pairs already in --output")
+    resume: bool = _opt(False, "skip (photo, ratio) pairs already in --output; photos changed since, rows of "
+                               "other weights and transient errors (read, thumbnail) are done again")
+    retry_errors: bool = _opt(False, "with --resume, also redo photos whose rows hold any error")
+    max_error_rate: float = _opt(0.05, "exit 1 when more than this share of the photos processed fails")
     overwrite: bool = _opt(False, "delete --output first")
     model: ModelSpec = _opt(None, "", default_factory=ModelSpec)  # its options: --weights, --no-proposals, --untrained-ok
     max_pixels: int = _opt(DEFAULT_MAX_PIXELS, "larger photos become error rows, refused from their header")
@@ -118,6 +131,7 @@ class WorkerSpec:
     settings plus what the driver decided for this pool."""
 
     job: JobConfig
+    run_id: str = ""
     torch_threads: int = 1
     io_threads: int = 8
     use_gpu: bool = False
@@ -156,8 +170,11 @@ def check_locations(cfg: JobConfig) -> None:
         probe = out.join(f".ugc-crop-write-check-{os.getpid()}")
         try:
             fs = out.filesystem()
+            existed = fs.get_file_info(out.root).type != pafs.FileType.NotFound
             write_bytes(fs, probe, b"")
             fs.delete_file(probe)
+            if not existed:  # pyarrow leaves a folder marker behind on S3: leave the store as it was
+                fs.delete_dir(out.root)
         except Exception as e:
             raise StartupError(f"cannot write to {flag} {out.uri} ({_one_line(e)})") from None
 
@@ -219,7 +236,7 @@ class CropWorker:
         release the GIL). The photo is decoded as the Cropper decodes any upload (JPEG draft mode),
         so a crop never depends on whether thumbnails were asked for; their bytes are kept for them."""
         try:
-            if item["size"] > self.spec.job.max_bytes:
+            if item["size"] > self.spec.job.max_bytes:  # the listing's size: nothing is read
                 raise PhotoError("too_large", f"too large: {item['size']} bytes exceeds the limit of {self.spec.job.max_bytes}")
             try:
                 data = read_bytes(self.in_fs, item["path"])
@@ -259,6 +276,14 @@ class CropWorker:
             for row_i, err in results:
                 if err:
                     rows[row_i]["error_kind"], rows[row_i]["error"] = "thumbnail", err
+                else:
+                    rows[row_i]["thumbnail"] = self.thumbs.uri_of(rows[row_i]["key"], rows[row_i]["ratio"])
+        source = {item["key"]: item for item in items}
+        now = datetime.datetime.now(datetime.UTC)
+        for row in rows:
+            item = source[row["key"]]
+            row.update(source_size=item["size"], source_mtime_ns=item["mtime_ns"], run_id=self.spec.run_id,
+                       processed_at=now)
         return rows_table(rows)
 
     def _thumbnails(self, job) -> list[tuple[int, str | None]]:
@@ -279,28 +304,52 @@ class CropWorker:
 
 
 # -- planning and checking ---------------------------------------------------------------------------
-def existing_pairs(output: Location, drop_unreadable: bool = False) -> dict[str, set]:
-    """key -> ratios already in the output (None marks a whole-photo error row)."""
-    table = read_output(output, ["key", "ratio"], drop_unreadable=drop_unreadable)
-    done: dict[str, set] = collections.defaultdict(set)
-    for k, r in zip(table.column("key").to_pylist(), table.column("ratio").to_pylist()):
-        done[k].add(r)
+PLAN_COLUMNS = ["key", "ratio", "error_kind", "source_size", "source_mtime_ns", "model_version"]
+
+
+def existing_rows(output: Location, drop_unreadable: bool = False) -> dict[str, list[dict]]:
+    """key -> its rows already in the output (planning columns only; older outputs lack some)."""
+    table = read_output(output, PLAN_COLUMNS, drop_unreadable=drop_unreadable, missing_ok=True)
+    done: dict[str, list[dict]] = collections.defaultdict(list)
+    for row in table.to_pylist():
+        done[row["key"]].append(row)
     return done
 
 
-def plan(files: list[InputFile], done: dict[str, set], ratios: list[str], limit: int | None) -> tuple[list, int]:
-    """(work items, photos skipped as complete): per key only the ratios it still lacks."""
-    work, skipped = [], 0
+def stale(rows: list[dict], f: InputFile, model_version: str | None, retry_errors: bool) -> bool:
+    """True when a key's rows must all be made again: its photo changed (size or mtime), other weights
+    made them, or one holds a transient error (any error with ``retry_errors``)."""
+    for r in rows:
+        if r.get("source_size") is not None and (r["source_size"], r.get("source_mtime_ns")) != (f.size, f.mtime_ns):
+            return True
+        if model_version is not None and r.get("model_version") not in (None, model_version):
+            return True
+        kind = r.get("error_kind")
+        if kind is not None and (retry_errors or kind in TRANSIENT_KINDS):
+            return True
+    return False
+
+
+def plan(files: list[InputFile], done: dict[str, list[dict]], ratios: list[str], limit: int | None,
+         model_version: str | None = None, retry_errors: bool = False) -> tuple[list, int, set[str]]:
+    """(work items, photos skipped as current, keys whose old rows must go): per key only the ratios
+    it still lacks, or all of them when its rows are stale."""
+    work, skipped, redo = [], 0, set()
     for f in files:
-        have = done.get(f.key, set())
-        todo = [] if None in have else [r for r in ratios if r not in have]
+        rows = done.get(f.key, [])
+        if rows and stale(rows, f, model_version, retry_errors):
+            redo.add(f.key)
+            todo = list(ratios)
+        else:
+            have = {r["ratio"] for r in rows}
+            todo = [] if None in have else [r for r in ratios if r not in have]
         if not todo:
             skipped += 1
             continue
         work.append((f, todo))
         if limit is not None and len(work) >= limit:
             break
-    return work, skipped
+    return work, skipped, redo & {f.key for f, _ in work}
 
 
 @dataclass
@@ -316,6 +365,16 @@ class Summary:
     seconds: float
     errors: collections.Counter
     output: str
+    max_error_rate: float = 1.0
+
+    @property
+    def error_rate(self) -> float:
+        return self.failed / self.planned if self.planned else 0.0
+
+    @property
+    def too_many_errors(self) -> bool:
+        """More photos failed than the job allows (--max-error-rate): the run is not a success."""
+        return self.error_rate > self.max_error_rate
 
     @property
     def photos_per_s(self) -> float:
@@ -327,6 +386,9 @@ class Summary:
 
     def line(self) -> str:
         status = "complete" if self.complete else f"INCOMPLETE: {len(self.missing)} missing, {self.duplicates} duplicated"
+        if self.complete and self.too_many_errors:
+            status = (f"FAILED: {self.failed} of {self.planned} photos failed ({self.error_rate:.0%}), "
+                      f"over --max-error-rate {self.max_error_rate:.0%}")
         return (f"crop_bucket: {self.planned} photos ({self.ok} ok, {self.failed} failed), {self.rows} rows -> "
                 f"{self.output} in {self.seconds:.1f} s = {self.photos_per_s:.2f} photos/s; "
                 f"{self.skipped} already done of {self.listed} listed; {status}")
@@ -389,7 +451,8 @@ def connect_or_start(address: str | None) -> bool:
 
 def work_blocks(work: list, rows_per_block: int) -> list[pa.Table]:
     table = pa.table({"key": [f.key for f, _ in work], "path": [f.path for f, _ in work],
-                      "size": pa.array([f.size for f, _ in work], pa.int64()), "ratios": [t for _, t in work]})
+                      "size": pa.array([f.size for f, _ in work], pa.int64()),
+                      "mtime_ns": pa.array([f.mtime_ns for f, _ in work], pa.int64()), "ratios": [t for _, t in work]})
     return [table.slice(i, rows_per_block) for i in range(0, len(table), rows_per_block)]
 
 
@@ -404,11 +467,14 @@ def run(cfg: JobConfig) -> Summary:
     files = list_inputs(src)
     if cfg.overwrite:
         delete_tree(out)
-    done = existing_pairs(out, drop_unreadable=cfg.resume)
+    done = existing_rows(out, drop_unreadable=cfg.resume)
     if done and not cfg.resume:
         raise OutputExistsError(f"{cfg.output} already holds crops of {len(done)} photos: "
                                 "pass --resume to add only what is missing, or --overwrite to start again")
-    work, skipped = plan(files, done, ratios, cfg.limit)
+    work, skipped, redo = plan(files, done, ratios, cfg.limit, cfg.model.version(), cfg.retry_errors)
+    if redo:  # their old rows go first: a crash now leaves them missing (redone next time), never doubled
+        drop_keys(out, redo)
+    run_id = f"{datetime.datetime.now(datetime.UTC):%Y%m%dT%H%M%SZ}-{os.getpid()}"
     started_here = False
     if work and not ray.is_initialized():
         started_here = connect_or_start(cfg.ray_address)
@@ -419,7 +485,7 @@ def run(cfg: JobConfig) -> Summary:
         if cfg.wait_for_actors_s:
             ctx.wait_for_min_actors_s = int(cfg.wait_for_actors_s)
         actors, gpus = _resources(cfg)
-        spec = WorkerSpec(job=cfg, torch_threads=max(1, int(cfg.cpus_per_actor)), use_gpu=gpus > 0)
+        spec = WorkerSpec(job=cfg, run_id=run_id, torch_threads=max(1, int(cfg.cpus_per_actor)), use_gpu=gpus > 0)
         # Enough blocks that every actor gets several; at most block_photos photos per output file.
         per_block = max(1, min(cfg.block_photos, math.ceil(len(work) / (actors * 8))))
         ds = ray.data.from_arrow(work_blocks(work, per_block))
@@ -436,4 +502,5 @@ def run(cfg: JobConfig) -> Summary:
     seconds = time.perf_counter() - start
     ok, failed, rows, missing, dups, errors = check(out, work, ratios)
     return Summary(listed=len(files), skipped=skipped, planned=len(work), ok=ok, failed=failed, rows=rows,
-                   missing=missing, duplicates=dups, seconds=seconds, errors=errors, output=cfg.output)
+                   missing=missing, duplicates=dups, seconds=seconds, errors=errors, output=cfg.output,
+                   max_error_rate=cfg.max_error_rate)

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.summary_json:
         with open(args.summary_json, "w") as f:
             json.dump(summary_dict(summary), f, indent=2)
-    return 0 if summary.complete else 1
+    return 0 if summary.complete and not summary.too_many_errors else 1
 
 
 if __name__ == "__main__":

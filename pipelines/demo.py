@@ -39,7 +39,9 @@ def run_demo(workdir: str | Path = "ugc-crop-demo", ratios: list[str] | None = N
                      runtime_env={"env_vars": store.env()})
         cfg = JobConfig(input=f"s3://{BUCKET}/uploads/", output=f"s3://{BUCKET}/crops/",
                         thumbnails=f"s3://{BUCKET}/thumbs/", endpoint_url=store.endpoint_url,
-                        model=ModelSpec(untrained_ok=True), overwrite=True, **(cfg_overrides or {}))
+                        model=ModelSpec(untrained_ok=True), overwrite=True,
+                        max_error_rate=0.5,  # the demo uploads a broken photo on purpose
+                        **(cfg_overrides or {}))
         if ratios:
             cfg.ratios = ratios
         summary = run(cfg)

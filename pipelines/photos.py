@@ -26,9 +26,15 @@ SCHEMA = pa.schema([
     ("x2", pa.int32()),
     ("y2", pa.int32()),
     ("score", pa.float32()),
+    ("objects_cut", pa.int32()),  # protected objects (faces first) the crop still cuts through
+    ("thumbnail", pa.string()),  # the thumbnail's URI, when one was written
     ("model_version", pa.string()),
     ("error_kind", pa.string()),  # null when fine; one of ERROR_KINDS
     ("error", pa.string()),  # null when fine: the reason in words (reworded freely, never parsed)
+    ("source_size", pa.int64()),  # the photo as it was read: size and last-modified time; a resume
+    ("source_mtime_ns", pa.int64()),  # recomputes keys whose photo changed since
+    ("run_id", pa.string()),
+    ("processed_at", pa.timestamp("ms", tz="UTC")),
 ])
 
 # error_kind values: the loader's ErrorKind values for photos that are not usable images, and the
@@ -121,14 +127,15 @@ def error_row(key: str, kind: str, error: str, model_version: str, size: tuple[i
               ratio: str | None = None) -> dict:
     w, h = size or (None, None)
     return {"key": key, "width": w, "height": h, "ratio": ratio, "x1": None, "y1": None, "x2": None,
-            "y2": None, "score": None, "model_version": model_version, "error_kind": kind, "error": error}
+            "y2": None, "score": None, "objects_cut": None, "thumbnail": None, "model_version": model_version,
+            "error_kind": kind, "error": error}
 
 
 def crop_row(key: str, size: tuple[int, int], ratio: str, crop, model_version: str, error: str | None = None) -> dict:
     x1, y1, x2, y2 = (int(v) for v in crop.box)
     return {"key": key, "width": size[0], "height": size[1], "ratio": ratio, "x1": x1, "y1": y1, "x2": x2,
-            "y2": y2, "score": float(crop.score), "model_version": model_version,
-            "error_kind": None if error is None else "thumbnail", "error": error}
+            "y2": y2, "score": float(crop.score), "objects_cut": len(crop.cut_objects), "thumbnail": None,
+            "model_version": model_version, "error_kind": None if error is None else "thumbnail", "error": error}
 
 
 def thumbnail_jpeg(image: Image.Image, box: tuple[int, int, int, int], width: int, quality: int = 85) -> bytes:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -45,6 +46,13 @@ class Location:
             return pafs.S3FileSystem(endpoint_override=endpoint, region=region)
         return pafs.FileSystem.from_uri(self.uri)[0]  # resolves the bucket's region on real AWS
 
+    def uri_of(self, key: str, ratio: str) -> str:
+        """The thumbnail URI of ``key`` at ``ratio`` under this root, as a user would open it."""
+        from pipelines.photos import thumbnail_path
+
+        path = thumbnail_path(self.root, key, ratio)
+        return f"s3://{path}" if self.is_s3 else path
+
     def join(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *(p.strip("/") for p in parts)])
 
@@ -61,6 +69,11 @@ class InputFile:
     key: str  # S3: the object key inside the bucket; local: the path relative to the input folder
     path: str  # path inside the filesystem, for reading
     size: int
+    mtime_ns: int = 0  # last modified (S3: LastModified); with size, what tells a replaced photo
+
+    @property
+    def version(self) -> str:
+        return f"{self.size}:{self.mtime_ns}"
 
 
 def list_inputs(loc: Location, fs: pafs.FileSystem | None = None) -> list[InputFile]:
@@ -80,7 +93,7 @@ def list_inputs(loc: Location, fs: pafs.FileSystem | None = None) -> list[InputF
             key = e.path.split("/", 1)[1]
         else:
             key = Path(e.path).relative_to(root).as_posix() if e.path != root else Path(root).name
-        out.append(InputFile(key=key, path=e.path, size=int(e.size or 0)))
+        out.append(InputFile(key=key, path=e.path, size=int(e.size or 0), mtime_ns=int(e.mtime_ns or 0)))
     return sorted(out, key=lambda f: f.key)
 
 
@@ -93,16 +106,23 @@ def parquet_files(loc: Location, fs: pafs.FileSystem) -> list[str]:
 
 
 def read_output(loc: Location, columns: list[str], fs: pafs.FileSystem | None = None,
-                drop_unreadable: bool = False) -> pa.Table:
+                drop_unreadable: bool = False, missing_ok: bool = False) -> pa.Table:
     """The existing output's ``columns``; an empty table when there is none.
 
     A Parquet file that cannot be read (a crash mid-upload on a local disk) is reported; with
-    ``drop_unreadable`` it is deleted so that its photos are processed again by --resume.
+    ``drop_unreadable`` it is deleted so that its photos are processed again by --resume. With
+    ``missing_ok`` columns an older output lacks are left out instead of failing.
     """
     fs = fs or loc.filesystem()
     files = parquet_files(loc, fs)
     if not files:
         return pa.table({c: pa.array([], pa.string()) for c in columns})
+    if missing_ok:
+        try:
+            present = set(pads.dataset(files, filesystem=fs, format="parquet").schema.names)
+            columns = [c for c in columns if c in present]
+        except (pa.ArrowInvalid, OSError):
+            pass
     try:
         return pads.dataset(files, filesystem=fs, format="parquet").to_table(columns=columns)
     except (pa.ArrowInvalid, OSError):
@@ -117,6 +137,27 @@ def read_output(loc: Location, columns: list[str], fs: pafs.FileSystem | None = 
                 fs.delete_file(f)
     return pa.concat_tables(tables, promote_options="default") if tables else pa.table(
         {c: pa.array([], pa.string()) for c in columns})
+
+
+def drop_keys(loc: Location, keys: set[str], fs: pafs.FileSystem | None = None) -> int:
+    """Removes every row of ``keys`` from the Parquet output, rewriting only the files that hold one.
+    Each file is deleted before its other rows are written back under a new name: a crash in between
+    loses those rows (the next --resume makes them again) and never duplicates them. Returns rows dropped."""
+    fs = fs or loc.filesystem()
+    dropped = 0
+    wanted = pa.array(sorted(keys), pa.string())
+    for i, f in enumerate(parquet_files(loc, fs)):
+        table = pq.read_table(f, filesystem=fs)
+        hit = pa.compute.is_in(table.column("key"), value_set=wanted)
+        n = pa.compute.sum(hit).as_py() or 0
+        if not n:
+            continue
+        kept = table.filter(pa.compute.invert(hit))
+        fs.delete_file(f)
+        if kept.num_rows:
+            pq.write_table(kept, f"{f.rsplit('.', 1)[0]}-kept{i}.parquet", filesystem=fs)
+        dropped += n
+    return dropped
 
 
 def delete_tree(loc: Location, fs: pafs.FileSystem | None = None) -> None:

@@ -41,6 +41,14 @@ def load_checkpoint(path: str | Path) -> tuple[S2CNet, dict]:
     return model, ck
 
 
+def weights_version(path: str | Path) -> str:
+    """The model version every output records: 's2cnet-' and the first 12 hex digits of the file's
+    SHA-256, so a job can tell crops made by other weights without loading any."""
+    import hashlib
+
+    return f"s2cnet-{hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12]}"
+
+
 def chosen_checkpoint(run: str | Path) -> Path:
     """A checkpoint file is itself. A run directory gives its last epoch (last.pt) when that scored a
     higher validation SRCC than the weight average (final.pt), else final.pt: chosen on held-out

@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import copy
-import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 
 from s2cnet.candidates import GridConfig, candidates, canonical_ratio
-from s2cnet.checkpoint import load_checkpoint
+from s2cnet.checkpoint import load_checkpoint, weights_version
 from s2cnet.imageio import LoadedImage, open_image
 from s2cnet.model import S2CNet
 from s2cnet.proposals import Proposer, as_proposer
@@ -106,7 +105,7 @@ class Cropper:
         if not path.exists():
             raise FileNotFoundError(f"no S2CNet weights at {path}")
         model, ck = load_checkpoint(path)
-        version = f"s2cnet-{hashlib.sha256(path.read_bytes()).hexdigest()[:12]}"
+        version = weights_version(path)
         if proposer == "default":
             from s2cnet.proposals import default_proposer
 

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -81,14 +82,33 @@ def test_thumbnail_names_follow_key_and_ratio():
     assert thumbnail_path("photos/thumbs/", "in/a b/c.jpg", "16:9") == "photos/thumbs/in/a b/c.jpg/16x9.jpg"
 
 
+def _rows(key, *ratios, **kw):
+    return [{"key": key, "ratio": r, "error_kind": None, "source_size": 1, "source_mtime_ns": 5,
+             "model_version": "m1", **kw} for r in ratios]
+
+
 def test_plan_keeps_only_missing_pairs():
-    fs = [InputFile(k, k, 1) for k in ("a", "b", "c", "d", "e")]
-    done = {"a": {"1:1"}, "b": {None}, "c": {"1:1", "16:9"}}
-    work, skipped = plan(fs, done, ["1:1", "16:9"], limit=None)
+    fs = [InputFile(k, k, 1, 5) for k in ("a", "b", "c", "d", "e")]
+    done = {"a": _rows("a", "1:1"), "b": _rows("b", None, error_kind="corrupt"), "c": _rows("c", "1:1", "16:9")}
+    work, skipped, redo = plan(fs, done, ["1:1", "16:9"], limit=None, model_version="m1")
     assert [(f.key, todo) for f, todo in work] == [("a", ["16:9"]), ("d", ["1:1", "16:9"]), ("e", ["1:1", "16:9"])]
-    assert skipped == 2
-    work, _ = plan(fs, done, ["1:1", "16:9"], limit=2)
+    assert skipped == 2 and redo == set()
+    work, _, _ = plan(fs, done, ["1:1", "16:9"], limit=2, model_version="m1")
     assert [f.key for f, _ in work] == ["a", "d"]
+
+
+def test_plan_redoes_changed_photos_other_weights_and_transient_errors():
+    fs = [InputFile(k, k, 1, 5) for k in "abcdef"]
+    done = {"a": _rows("a", "1:1", source_size=2),  # replaced: another size
+            "b": _rows("b", "1:1", source_mtime_ns=9),  # replaced: same size, newer
+            "c": _rows("c", "1:1", model_version="m0"),  # made by other weights
+            "d": _rows("d", None, error_kind="read"),  # the store failed, not the photo
+            "e": _rows("e", "1:1", error_kind="thumbnail"),
+            "f": _rows("f", None, error_kind="corrupt")}  # the photo itself: done, unless --retry-errors
+    work, skipped, redo = plan(fs, done, ["1:1"], limit=None, model_version="m1")
+    assert [f.key for f, _ in work] == list("abcde") and redo == set("abcde") and skipped == 1
+    _, _, redo = plan(fs, done, ["1:1"], limit=None, model_version="m1", retry_errors=True)
+    assert redo == set("abcdef")
 
 
 def test_decode_gives_a_reason_per_kind_of_bad_upload(files):
@@ -235,7 +255,8 @@ def test_script_copied_alone_runs_from_another_directory(ray_session, full_run, 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps(job_config),
            "RAY_ADDRESS": ray_session.get_runtime_context().gcs_address, "OMP_NUM_THREADS": "1"}
     args = [sys.executable, "crop_bucket.py", "--input", str(src), "--output", str(tmp_path / "crops"),
-            "--actors", "2", "--batch-size", "4", "--no-progress", "--summary-json", "summary.json", *model[1]]
+            "--actors", "2", "--batch-size", "4", "--no-progress", "--summary-json", "summary.json",
+            "--max-error-rate", "1", *model[1]]  # the odd photos fail on purpose
     proc = subprocess.run(args, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((elsewhere / "summary.json").read_text())
@@ -264,3 +285,41 @@ def test_startup_problems_are_one_line_exit_2_before_ray(tmp_path, local_s3, cap
         assert crop_bucket_main([*argv, "--no-progress", "--untrained-ok"]) == 2, argv
         err = capsys.readouterr().err.strip()
         assert message in err and "Traceback" not in err and len(err.splitlines()) == 1, err
+
+
+def test_all_failing_input_exits_non_zero(ray_session, model, tmp_path, capsys):
+    from pipelines.crop_bucket import main as crop_bucket_main
+
+    src = tmp_path / "bad"
+    src.mkdir()
+    for i in range(3):
+        (src / f"{i}.jpg").write_bytes(b"not a photo at all " * 4)
+    code = crop_bucket_main(["--input", str(src), "--output", str(tmp_path / "out"), "--actors", "1",
+                             "--no-progress", *model[1]])
+    out = capsys.readouterr().out
+    assert code == 1 and "FAILED: 3 of 3 photos failed" in out
+
+
+def test_a_replaced_photo_is_recomputed_on_resume_and_leaves_one_row_per_ratio(ray_session, model, tmp_path):
+    src, out = tmp_path / "photos", tmp_path / "crops"
+    src.mkdir()
+    for i, size in enumerate([(320, 240), (240, 320), (300, 300)]):
+        Image.new("RGB", size, (40 * i, 90, 160)).save(src / f"{i}.jpg")
+    cfg = JobConfig(input=str(src), output=str(out), ratios=["1:1", "16:9"], model=model[0], actors=1, progress=False)
+    first = run(cfg)
+    assert first.complete and first.planned == 3
+    time.sleep(0.05)
+    Image.new("RGB", (500, 200), "white").save(src / "1.jpg")  # same key, another photo
+    cfg.resume = True
+    second = run(cfg)
+    assert second.complete and second.planned == 1 and second.skipped == 2 and second.duplicates == 0
+    rows = read_output(Location(str(out)), SCHEMA.names).to_pylist()
+    by_key = {}
+    for r in rows:
+        by_key.setdefault(r["key"], []).append(r)
+    assert sorted(len(v) for v in by_key.values()) == [2, 2, 2]  # one row per key and ratio
+    assert {(r["width"], r["height"]) for r in by_key["1.jpg"]} == {(500, 200)}
+    assert len({r["run_id"] for r in rows}) == 2 and all(r["processed_at"] is not None for r in rows)
+    assert {r["source_size"] for r in by_key["1.jpg"]} == {(src / "1.jpg").stat().st_size}
+    third = run(cfg)
+    assert third.planned == 0 and third.skipped == 3
