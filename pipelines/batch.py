@@ -223,7 +223,7 @@ class CropWorker:
         torch.set_num_threads(max(1, spec.torch_threads))
         self.spec, job = spec, spec.job
         self.cropper = job.model.build()
-        if spec.use_gpu and torch.cuda.is_available() and hasattr(self.cropper, "to"):
+        if spec.use_gpu:  # Ray gave this actor a GPU (num_gpus): no GPU here is a setup error, not a CPU fallback
             self.cropper.to("cuda")
         self.version = self.cropper.model_version
         self.thumbs = Location(job.thumbnails, job.endpoint_url) if job.thumbnails else None

@@ -86,6 +86,7 @@ class Cropper:
                  bf16: bool | None = None) -> None:
         self.model = inference_copy(model)
         self.proposer = as_proposer(proposer)
+        self.device = torch.device("cpu")
         self._pool: ThreadPoolExecutor | None = None  # one worker: face detection beside the backbone
         # The graph head's matmuls in bfloat16 where the CPU has native bf16 (AVX512-BF16/AMX): ~1.6x
         # faster scoring, ranking unchanged on GAICD (see README); None picks it from the hardware.
@@ -98,9 +99,25 @@ class Cropper:
         self.integrity_margin = integrity_margin
         self.protected_objects = protected_objects
 
+    def to(self, device: str | torch.device) -> Cropper:
+        """Moves the scorer (and a proposer that reads its features) to ``device``, e.g. "cuda". Photos
+        are still decoded on the CPU; scores and boxes come back as NumPy arrays."""
+        device = torch.device(device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("device 'cuda' asked for, but torch sees no CUDA device")
+        self.model.to(device)
+        if hasattr(self.proposer, "to"):
+            self.proposer.to(device)
+        if device.type != "cpu" and self.bf16 and not native_bf16():
+            self.bf16 = False  # the bf16 default was the CPU's choice
+        self.device = device
+        return self
+
     @classmethod
-    def from_pretrained(cls, path: str | Path | None = None, proposer="default", **kwargs) -> Cropper:
-        """Loads the committed weights (or ``path``); ``proposer=None`` disables object proposals."""
+    def from_pretrained(cls, path: str | Path | None = None, proposer="default", device: str | None = None,
+                        **kwargs) -> Cropper:
+        """Loads the committed weights (or ``path``); ``proposer=None`` disables object proposals;
+        ``device`` ("cuda", "cuda:1", ...) moves it there (default: the CPU)."""
         path = Path(path) if path is not None else DEFAULT_WEIGHTS
         if not path.exists():
             raise FileNotFoundError(f"no S2CNet weights at {path}")
@@ -110,7 +127,8 @@ class Cropper:
             from s2cnet.proposals import default_proposer
 
             proposer = default_proposer(head_state=ck.get("saliency_head"))
-        return cls(model, proposer=proposer, model_version=version, **kwargs)
+        cropper = cls(model, proposer=proposer, model_version=version, **kwargs)
+        return cropper.to(device) if device else cropper
 
     # -- internals -------------------------------------------------------------------------------
     def _load(self, src) -> LoadedImage:
@@ -126,7 +144,8 @@ class Cropper:
         from full-size pixels to model-input pixels)."""
         x, scale = model_input(loaded.image, loaded.original_size, self.short_side)
         with torch.no_grad():
-            fused = self.model.backbone.fused(x.contiguous(memory_format=torch.channels_last))
+            x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            fused = self.model.backbone.fused(x)
             # RoI/RoDAlign want a contiguous map: converting once here saves a copy per align call
             return self.model.backbone.reduce(fused).contiguous(), fused, scale
 
@@ -155,10 +174,10 @@ class Cropper:
     @torch.no_grad()
     def _score(self, feat: torch.Tensor, scale: np.ndarray, boxes: np.ndarray, objects: np.ndarray) -> np.ndarray:
         h, w = feat.shape[-2] * 16, feat.shape[-1] * 16
-        crops_t = torch.from_numpy(np.asarray(boxes, np.float32) * scale)
-        objs_t = torch.from_numpy(objects * scale)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            return self.model.score_crops(feat, crops_t, objs_t, float(w), float(h)).float().numpy()
+        crops_t = torch.from_numpy(np.asarray(boxes, np.float32) * scale).to(self.device)
+        objs_t = torch.from_numpy(objects * scale).to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            return self.model.score_crops(feat, crops_t, objs_t, float(w), float(h)).float().cpu().numpy()
 
     # -- public API -------------------------------------------------------------------------------
     def score(self, image, boxes, objects=None) -> np.ndarray:

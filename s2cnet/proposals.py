@@ -109,6 +109,11 @@ class SaliencyProposer:
     def shares_backbone(self) -> bool:
         return isinstance(self.net, SaliencyHead)
 
+    def to(self, device: str | torch.device) -> SaliencyProposer:
+        """A head that reads the scorer's features must sit on the scorer's device."""
+        self.net.to(device)
+        return self
+
     def prepare(self, image: Image.Image) -> np.ndarray:
         """The image-only stage (faces); safe to run on another thread."""
         return self.faces(image) if self.faces is not None else np.zeros((0, 4), np.float32)
@@ -122,8 +127,8 @@ class SaliencyProposer:
             raise ValueError("this proposer reads the S2CNet backbone's fused features: pass fused=")
         else:
             x, _ = model_input(image, image.size, self.short_side)
-            logits = self.net(x)
-        return torch.sigmoid(logits)[0, 0].numpy()
+            logits = self.net(x.to(next(self.net.parameters()).device))
+        return torch.sigmoid(logits)[0, 0].float().cpu().numpy()
 
     @property
     def head(self) -> SaliencyHead:

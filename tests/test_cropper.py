@@ -322,3 +322,15 @@ def test_non_finite_or_malformed_boxes_are_value_errors(bad) -> None:
     with pytest.raises(ValueError):
         cropper.crop(image, ["1:1"], objects=bad)
     assert np.isfinite(cropper.score(image, [[0, 0, 32, 32]], objects=np.zeros((0, 4)))).all()
+
+
+def test_cropper_to_cpu_is_exact_and_cuda_needs_a_device(cat: Image.Image) -> None:
+    model = S2CNet(S2CNetConfig(node_dim=64)).eval()
+    a = Cropper(model, proposer=None, bf16=False)
+    b = Cropper(model, proposer=None, bf16=False).to("cpu")
+    boxes = candidates(*cat.size, "16:9", a.grid)
+    np.testing.assert_array_equal(a.score(cat, boxes, objects=NO_OBJECTS), b.score(cat, boxes, objects=NO_OBJECTS))
+    assert b.device.type == "cpu"
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="no CUDA device"):
+            Cropper(model, proposer=None).to("cuda")
