@@ -102,7 +102,9 @@ class JobConfig:
     thumbnails: str | None = _opt(None, "write JPEG thumbnails to {THUMBNAILS}/{key}/{W}x{H}.jpg")
     thumb_width: int = _opt(512, "thumbnail width in px (never upscaled)")
     endpoint_url: str | None = _opt(None, "S3-compatible endpoint (default: $AWS_ENDPOINT_URL, else AWS)")
-    actors: int | None = _opt(None, "actor pool size (default: one per GPU, else one per CPU)")
+    actors: int | None = _opt(None, "the actor pool's largest size (default: one per GPU, else one per CPU, of the "
+                                    "cluster as it is now)")
+    min_actors: int = _opt(1, "the pool's smallest size; it grows towards --actors as the autoscaler adds nodes")
     gpus_per_actor: float | None = _opt(None, "default: 1 when the cluster has GPUs, else 0")
     cpus_per_actor: float = _opt(1.0, "CPUs each actor holds (its torch threads)")
     batch_size: int = _opt(8, "photos per crop_batch call")
@@ -115,7 +117,8 @@ class JobConfig:
     model: ModelSpec = _opt(None, "", default_factory=ModelSpec)  # its options: --weights, --no-proposals, --untrained-ok
     max_pixels: int = _opt(DEFAULT_MAX_PIXELS, "larger photos become error rows, refused from their header")
     max_bytes: int = _opt(DEFAULT_MAX_BYTES, "larger objects become error rows without being read")
-    block_photos: int = _opt(64, "photos per Ray Data block = per task = per Parquet file, at most")
+    block_photos: int = _opt(64, "photos per Ray Data block (per map task), at most")
+    rows_per_file: int = _opt(5000, "rows per Parquet file, at least (the last file of a run may hold fewer)")
     progress: bool = _opt(True, "no progress bars", flag="--no-progress")
     ray_address: str | None = _opt(None, "Ray cluster address (default: $RAY_ADDRESS, a running local cluster, or new)",
                                    flag="--address")
@@ -420,16 +423,20 @@ def check(output: Location, work: list, ratios: list[str]) -> tuple[int, int, in
 
 
 # -- the driver ----------------------------------------------------------------------------------------
-def _resources(cfg: JobConfig) -> tuple[int, float]:
+def _resources(cfg: JobConfig) -> tuple[int, int, float]:
+    """(smallest pool, largest pool, GPUs per actor). An explicit --gpus-per-actor asks for GPUs even
+    when the cluster has none yet: that request is what makes the autoscaler add GPU nodes."""
     import ray
 
     res = ray.cluster_resources()
     gpus = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1.0 if res.get("GPU", 0) > 0 else 0.0)
     if cfg.actors:
-        return cfg.actors, gpus
-    if gpus > 0:
-        return max(1, int(res.get("GPU", 0) // gpus)), gpus
-    return max(1, int(res.get("CPU", 1) // cfg.cpus_per_actor)), gpus
+        largest = cfg.actors
+    elif gpus > 0:
+        largest = max(1, int(res.get("GPU", 0) // gpus))
+    else:
+        largest = max(1, int(res.get("CPU", 1) // cfg.cpus_per_actor))
+    return max(1, min(cfg.min_actors, largest)), largest, gpus
 
 
 def connect_or_start(address: str | None) -> bool:
@@ -484,7 +491,7 @@ def run(cfg: JobConfig) -> Summary:
         ctx.enable_progress_bars = cfg.progress
         if cfg.wait_for_actors_s:
             ctx.wait_for_min_actors_s = int(cfg.wait_for_actors_s)
-        actors, gpus = _resources(cfg)
+        smallest, actors, gpus = _resources(cfg)
         spec = WorkerSpec(job=cfg, run_id=run_id, torch_threads=max(1, int(cfg.cpus_per_actor)), use_gpu=gpus > 0)
         # Enough blocks that every actor gets several; at most block_photos photos per output file.
         per_block = max(1, min(cfg.block_photos, math.ceil(len(work) / (actors * 8))))
@@ -492,12 +499,13 @@ def run(cfg: JobConfig) -> Summary:
         env = _env_to_forward(cfg, started_here)
         runtime_env = {"env_vars": env} if env else None
         ds = ds.map_batches(CropWorker, fn_constructor_kwargs={"spec": spec}, batch_size=cfg.batch_size,
-                            batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=actors),
+                            batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=smallest, max_size=actors),
                             num_cpus=cfg.cpus_per_actor, num_gpus=gpus or None, runtime_env=runtime_env)
         # Writing is I/O: zero-CPU tasks run while the actors hold every core, so crops reach the
         # output as they are made (and survive a crash) instead of piling up until the map ends.
         write_args = {"num_cpus": 0, **({"runtime_env": runtime_env} if runtime_env else {})}
         ds.write_parquet(out.root, filesystem=out.filesystem(), schema=SCHEMA, ray_remote_args=write_args,
+                         min_rows_per_file=cfg.rows_per_file,
                          concurrency=max(2, actors))
     seconds = time.perf_counter() - start
     ok, failed, rows, missing, dups, errors = check(out, work, ratios)

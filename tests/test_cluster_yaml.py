@@ -31,10 +31,14 @@ def test_validates_with_rays_own_schema(cluster):
     types = prepared["available_node_types"]
     head = types[prepared["head_node_type"]]
     assert not head["node_config"]["InstanceType"].startswith(("g", "p"))  # a CPU head
-    gpu = [t for n, t in types.items() if n != prepared["head_node_type"]]
-    assert len(gpu) == 1 and gpu[0]["node_config"]["InstanceType"] == "g5.xlarge"
-    assert gpu[0]["min_workers"] == 0 and gpu[0]["max_workers"] >= 1
-    assert prepared["max_workers"] >= gpu[0]["max_workers"]
+    assert head["resources"] == {"CPU": 0}  # that runs no work
+    workers = {n: t for n, t in types.items() if n != prepared["head_node_type"]}
+    gpu = [t for t in workers.values() if t["node_config"]["InstanceType"].startswith("g5")]
+    cpu = [t for t in workers.values() if t["node_config"]["InstanceType"].startswith("c6i")]
+    assert len(gpu) == 1 and len(cpu) == 1
+    for t in gpu + cpu:
+        assert t["min_workers"] == 0 and t["max_workers"] >= 1 and prepared["max_workers"] >= t["max_workers"]
+        assert "instance-profile" in t["node_config"]["IamInstanceProfile"]["Arn"]  # S3 by instance profile
 
 
 def test_max_workers_is_configurable(cluster):

@@ -323,3 +323,18 @@ def test_a_replaced_photo_is_recomputed_on_resume_and_leaves_one_row_per_ratio(r
     assert {r["source_size"] for r in by_key["1.jpg"]} == {(src / "1.jpg").stat().st_size}
     third = run(cfg)
     assert third.planned == 0 and third.skipped == 3
+
+
+def test_pool_sizes_and_an_explicit_gpu_request(monkeypatch):
+    import ray
+
+    from pipelines.batch import _resources
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0})
+    base = dict(input="s3://b/in/", output="s3://b/out/")
+    assert _resources(JobConfig(**base)) == (1, 4, 0.0)  # CPU-only: one actor per CPU now
+    # an empty cluster asked for GPU actors: the request itself is what makes the autoscaler add GPU nodes
+    assert _resources(JobConfig(**base, gpus_per_actor=1.0, actors=8)) == (1, 8, 1.0)
+    assert _resources(JobConfig(**base, actors=8, min_actors=3)) == (3, 8, 0.0)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0, "GPU": 2.0})
+    assert _resources(JobConfig(**base)) == (1, 2, 1.0)
