@@ -12,6 +12,7 @@ object becomes an error row rather than a failed read task.
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime
 import math
 import os
@@ -41,6 +42,7 @@ from pipelines.photos import (
     thumbnail_jpeg,
     thumbnail_path,
 )
+from pipelines.progress import Counter, ProgressReporter
 from pipelines.storage import InputFile, Location, delete_tree, drop_keys, list_inputs, read_bytes, read_output, write_bytes
 from s2cnet.candidates import canonical_ratio
 
@@ -135,6 +137,7 @@ class WorkerSpec:
 
     job: JobConfig
     run_id: str = ""
+    progress: object = None  # a pipelines.progress.Counter actor handle, or None
     torch_threads: int = 1
     io_threads: int = 8
     use_gpu: bool = False
@@ -281,6 +284,9 @@ class CropWorker:
                     rows[row_i]["error_kind"], rows[row_i]["error"] = "thumbnail", err
                 else:
                     rows[row_i]["thumbnail"] = self.thumbs.uri_of(rows[row_i]["key"], rows[row_i]["ratio"])
+        if self.spec.progress is not None:  # fire and forget: progress never slows the batch
+            failed = {r["key"] for r in rows if r["error_kind"] is not None}
+            self.spec.progress.add.remote(len(items), len(failed))
         source = {item["key"]: item for item in items}
         now = datetime.datetime.now(datetime.UTC)
         for row in rows:
@@ -488,11 +494,13 @@ def run(cfg: JobConfig) -> Summary:
     start = time.perf_counter()  # photos/s counts actor start-up, cropping and writing, not Ray's own start
     if work:
         ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = cfg.progress
+        ctx.enable_progress_bars = False  # ours (pipelines.progress) counts photos, not blocks
+        counter = ray.remote(num_cpus=0)(Counter).remote() if cfg.progress else None
         if cfg.wait_for_actors_s:
             ctx.wait_for_min_actors_s = int(cfg.wait_for_actors_s)
         smallest, actors, gpus = _resources(cfg)
-        spec = WorkerSpec(job=cfg, run_id=run_id, torch_threads=max(1, int(cfg.cpus_per_actor)), use_gpu=gpus > 0)
+        spec = WorkerSpec(job=cfg, run_id=run_id, progress=counter, torch_threads=max(1, int(cfg.cpus_per_actor)),
+                          use_gpu=gpus > 0)
         # Enough blocks that every actor gets several; at most block_photos photos per output file.
         per_block = max(1, min(cfg.block_photos, math.ceil(len(work) / (actors * 8))))
         ds = ray.data.from_arrow(work_blocks(work, per_block))
@@ -504,9 +512,9 @@ def run(cfg: JobConfig) -> Summary:
         # Writing is I/O: zero-CPU tasks run while the actors hold every core, so crops reach the
         # output as they are made (and survive a crash) instead of piling up until the map ends.
         write_args = {"num_cpus": 0, **({"runtime_env": runtime_env} if runtime_env else {})}
-        ds.write_parquet(out.root, filesystem=out.filesystem(), schema=SCHEMA, ray_remote_args=write_args,
-                         min_rows_per_file=cfg.rows_per_file,
-                         concurrency=max(2, actors))
+        with ProgressReporter(counter, len(work)) if counter is not None else contextlib.nullcontext():
+            ds.write_parquet(out.root, filesystem=out.filesystem(), schema=SCHEMA, ray_remote_args=write_args,
+                             min_rows_per_file=cfg.rows_per_file, concurrency=max(2, actors))
     seconds = time.perf_counter() - start
     ok, failed, rows, missing, dups, errors = check(out, work, ratios)
     return Summary(listed=len(files), skipped=skipped, planned=len(work), ok=ok, failed=failed, rows=rows,

@@ -170,6 +170,10 @@ def test_every_key_once_per_ratio_or_once_as_an_error(full_run, files):
     n_failed = sum(1 for _, e in files.values() if isinstance(e, tuple))
     assert (summary.ok, summary.failed) == (len(files) - n_failed, n_failed)
     assert summary.errors == {"too_large": 2, "empty": 1, "not_an_image": 1, "corrupt": 1, "crop": 1}
+    from pipelines.storage import parquet_files
+
+    out = Location(cfg.output, cfg.endpoint_url)
+    assert len(parquet_files(out, out.filesystem())) == 1  # files of >= rows_per_file rows, not one per block
 
 
 def test_thumbnails_are_jpegs_named_by_key_and_ratio(full_run, bucket):
