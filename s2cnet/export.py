@@ -31,6 +31,10 @@ def export_model(checkpoint: str | Path, out: str | Path, card: dict | None = No
     out.parent.mkdir(parents=True, exist_ok=True)
     shipped = {"model": half(ck["model"]), "config": config}
     info = {"config": config, "checkpoint": str(checkpoint), "history": ck.get("history", []), **(card or {})}
+    run_config = Path(checkpoint).parent / "config.json"  # the whole TrainConfig: init file, data, recipe
+    if run_config.exists():
+        train = json.loads(run_config.read_text())
+        info.update(init=train.get("init"), train_config=train)
     if saliency_head is not None:
         head = torch.load(saliency_head, map_location="cpu", weights_only=True)
         shipped["saliency_head"] = half(head["head"])
