@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {k: getattr(args, k) for k in ("batch_size", "actors") if getattr(args, k) is not None}
         summary, sheet = run_demo(args.demo_dir, ratios=args.ratios,
                                   cfg_overrides={**overrides, "progress": args.progress is not False})
-        print(f"contact sheet: {sheet}")
+        print(f"contact sheet: {sheet}\nParquet rows: {sheet.parent / 'crops'}  thumbnails: {sheet.parent / 'thumbs'}")
     else:
         try:
             summary = run(job_config(args))

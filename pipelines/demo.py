@@ -19,9 +19,25 @@ BUCKET = "photos"
 BROKEN = {"broken_upload.jpg": b"\xff\xd8\xff\xe0" + b"\x00" * 64}
 
 
+def keep_outputs(cfg: JobConfig, endpoint_url: str, workdir: Path) -> None:
+    """Copies the Parquet dataset and the thumbnails out of the demo's store (which goes away with it)
+    into ``workdir``/crops and ``workdir``/thumbs, where a user can open them."""
+    import shutil
+
+    import pyarrow.fs as pafs
+
+    for uri, name in ((cfg.output, "crops"), (cfg.thumbnails, "thumbs")):
+        src, dst = Location(uri, endpoint_url), workdir / name
+        shutil.rmtree(dst, ignore_errors=True)
+        dst.mkdir(parents=True)
+        pafs.copy_files(src.root, str(dst), source_filesystem=src.filesystem(),
+                        destination_filesystem=pafs.LocalFileSystem())
+
+
 def run_demo(workdir: str | Path = "ugc-crop-demo", ratios: list[str] | None = None,
              cfg_overrides: dict | None = None) -> tuple[Summary, Path]:
-    """Returns the job summary and the contact sheet's path (``workdir``/contact_sheet.html)."""
+    """Returns the job summary and the contact sheet's path (``workdir``/contact_sheet.html); the
+    Parquet rows and thumbnails are kept beside it (``workdir``/crops, ``workdir``/thumbs)."""
     import ray
 
     workdir = Path(workdir).resolve()
@@ -48,6 +64,7 @@ def run_demo(workdir: str | Path = "ugc-crop-demo", ratios: list[str] | None = N
         sheet = write_contact_sheet(Location(cfg.output, store.endpoint_url), Location(cfg.input, store.endpoint_url),
                                     workdir / "contact_sheet.html", thumbnails=Location(cfg.thumbnails, store.endpoint_url),
                                     title="ugc-crop demo")
+        keep_outputs(cfg, store.endpoint_url, workdir)
         return summary, sheet
     finally:
         store.stop()
