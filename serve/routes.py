@@ -42,16 +42,25 @@ def direct_crop(service: CropService) -> CropFn:
     return crop
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes ``limit`` (before it is all read, when possible)."""
+async def read_body(request: Request, limit: int, deadline_s: float) -> bytes:
+    """The body, refused with 413 as soon as it passes ``limit`` (before it is all read, when
+    possible), and with 408 when it has not all arrived within ``deadline_s``: a client that sends
+    headers and a few bytes must not hold a request slot for ever."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise ServiceError(413, f"body is {declared} bytes, over the {limit} byte limit")
     buf = bytearray()
-    async for chunk in request.stream():
-        buf += chunk
-        if len(buf) > limit:
-            raise ServiceError(413, f"body is over the {limit} byte limit")
+
+    async def read_all() -> None:
+        async for chunk in request.stream():
+            buf.extend(chunk)
+            if len(buf) > limit:
+                raise ServiceError(413, f"body is over the {limit} byte limit")
+
+    try:
+        await asyncio.wait_for(read_all(), timeout=deadline_s)
+    except TimeoutError:
+        raise ServiceError(408, f"the body did not arrive within {deadline_s:g} s ({len(buf)} bytes came)") from None
     return bytes(buf)
 
 
@@ -166,7 +175,7 @@ def build_app(service: CropService, crop: CropFn | None = None) -> FastAPI:
             examples=["1:1,16:9,free"])) -> JSONResponse:
         t0 = time.perf_counter()
         wanted = service.parse_ratios(ratios)  # cheap checks before reading the body
-        body = await upload_bytes(request, await read_body(request, s.max_body_bytes))
+        body = await upload_bytes(request, await read_body(request, s.max_body_bytes, s.body_deadline_s))
         t1 = time.perf_counter()
         # Validates (status + reason) and decodes in draft mode, no larger than the model needs;
         # the cropper takes this decoded image as it is.

@@ -184,6 +184,9 @@ class CropService:
         if not 1 <= width <= limit:  # range first: no arithmetic on a 309-digit width
             shown = str(width) if len(str(width)) <= 12 else f"a {len(str(width))}-digit number"
             raise ServiceError(422, f"thumbnail width must be 1..{limit} pixels, got {shown}")
+        allowed = self.settings.allowed_widths()
+        if allowed and width not in allowed:
+            raise ServiceError(422, f"thumbnail width {width} is not offered; use one of {', '.join(map(str, allowed))}")
         height = max(1, round(width * b / a))
         if height > limit:
             raise ServiceError(422, f"thumbnail must be 1..{limit} pixels on each side, asked {width}x{height}")

@@ -24,10 +24,14 @@ class Settings:
     access_key: str | None = None  # None: boto3's default credential chain (AWS_* env vars, roles)
     secret_key: str | None = None
     max_body_bytes: int = 20 * 1024 * 1024  # POST body / stored object limit -> 413
+    body_deadline_s: float = 10.0  # an upload must arrive whole within this -> else 408
     max_pixels: int = DEFAULT_MAX_PIXELS  # header-claimed pixel limit -> 413 (decompression bombs)
     max_ratios: int = 8
     default_ratios: str = "1:1,16:9"
     max_thumbnail_width: int = 4096
+    # Widths a thumbnail may have, comma-separated ("" allows any 1..max_thumbnail_width): each distinct
+    # width is a render and a cache entry, so an open range lets a client make unbounded work.
+    thumbnail_widths: str = "64,96,128,160,200,240,256,320,360,400,480,512,640,720,768,800,960,1024,1080,1280,1440,1600,1920,2048"
     cache_max_age: int = 86400  # Cache-Control max-age for thumbnails, seconds
     weights: str = ""  # "" -> Cropper.from_pretrained(); a path; "random" -> untrained model (dev/tests only)
     proposals: bool = True  # object proposals (needs saliency weights); False -> no object nodes
@@ -37,6 +41,10 @@ class Settings:
     box_cache_size: int = 2048  # thumbnail crop boxes remembered per replica (per object ETag + ratio)
     store_threads: int = 8  # object-store calls in flight per replica (their own pool, apart from decoding)
     store_deadline_s: float = 8.0  # a thumbnail's store call fails with 504 past this
+
+    def allowed_widths(self) -> tuple[int, ...]:
+        """The thumbnail width allow-list, empty when any width is allowed."""
+        return tuple(sorted({int(w) for w in self.thumbnail_widths.split(",") if w.strip()}))
 
     @classmethod
     def load(cls, args: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None) -> Settings:

@@ -169,7 +169,7 @@ def live(ray_session, local_s3):
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     settings = {**model_settings(), "bucket": BUCKET, "prefix": PREFIX, "endpoint_url": local_s3.endpoint_url,
                 "access_key": local_s3.access_key, "secret_key": local_s3.secret_key, "region": local_s3.region,
-                "max_body_bytes": BODY_LIMIT, "max_pixels": MAX_PIXELS}
+                "max_body_bytes": BODY_LIMIT, "max_pixels": MAX_PIXELS, "thumbnail_widths": ""}
     app = CropDeployment.options(ray_actor_options={"num_cpus": 0.5}).bind(settings)
     serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
     url = f"http://127.0.0.1:{port}"
@@ -574,3 +574,37 @@ def test_store_configuration_is_checked_at_start(local_s3):
     with pytest.raises(ServiceError) as bad_key:
         no_bucket.check_key("../etc/passwd")
     assert bad_key.value.status == 400  # the key is judged before the missing configuration (503)
+
+
+def test_stalled_uploads_neither_block_health_nor_crops(live):
+    """70 clients send headers and 3 bytes of a 100 kB body, then nothing (the attack that once held
+    every replica slot for minutes): health answers within a second, crops are served, and each
+    stalled upload gets a 408 once its body deadline passes."""
+    stalled = []
+    for _ in range(70):
+        s = socket.create_connection(("127.0.0.1", live["port"]), timeout=30)
+        s.sendall(b"POST /v1/crops HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
+                  b"Content-Length: 100000\r\n\r\n\xff\xd8\xff")
+        stalled.append(s)
+    try:
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        health = requests.get(live["url"] + "/healthz", timeout=20)
+        assert health.status_code == 200 and time.monotonic() - t0 < 1.0
+        crops = requests.post(live["url"] + "/v1/crops?ratios=1:1", data=encode(photo(320, 240)), timeout=30)
+        assert crops.status_code == 200
+        answer = stalled[0].recv(200)
+        assert answer.startswith(b"HTTP/1.1 408"), answer
+    finally:
+        for s in stalled:
+            s.close()
+
+
+def test_thumbnail_widths_come_from_an_allow_list():
+    service = CropService(Settings.load({"thumbnail_widths": "320,640"}, env={}), cropper=object())
+    assert service.thumbnail_size("16:9", 320) == (320, 180)
+    with pytest.raises(ServiceError) as refused:
+        service.thumbnail_size("16:9", 321)
+    assert refused.value.status == 422 and "not offered" in refused.value.reason and "320, 640" in refused.value.reason
+    assert Settings.load({}, env={}).allowed_widths()[:3] == (64, 96, 128)  # the default is a list
+    assert Settings.load({"thumbnail_widths": ""}, env={}).allowed_widths() == ()
