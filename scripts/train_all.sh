@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Reproduces the shipped weights end to end on a 2-core CPU machine from ../shared/data (resumable:
 # rerun after a stop; finished steps are skipped, interrupted runs resume from their last epoch).
-#   1. S2CNet from the ImageNet MobileNetV2 (TF-slim checkpoint, TensorFlow "SAME" padding), 6 epochs
+#   1. S2CNet from the ImageNet MobileNetV2 (the TF2 checkpoint, TensorFlow "SAME" padding), 6 epochs
 #      on GAICD's MOS plus FCDB's human-voted same-ratio pairs (a vote-margin-weighted hinge), weights
 #      averaged over epochs 3-5 (SWA); beside it, on the other core, the graph-free GAIC-style baseline
 #      with the same recipe (~40 min together)
@@ -17,19 +17,19 @@ cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data}
 EPOCHS=${EPOCHS:-6}
 SWA_FROM=${SWA_FROM:-3}
-INIT=${INIT:-$DATA/pretrained/mobilenet_v2_imagenet_slim.pth}
+INIT=${INIT:-$DATA/pretrained/mobilenet_v2_imagenet_tf2.pth}
 PY=.venv/bin/python
 RECIPE=(--init "$INIT" --model tf_padding=true --fcdb "$DATA/fcdb" --epochs "$EPOCHS" --swa-from "$SWA_FROM"
         --scale-jitter 224,256,288 --listwise-weight 1.0 --val-seed 0 --seed 0 --threads 1)
-RUN=runs/in_slim_tfpad_fcdb
-BASE=runs/in_slim_tfpad_fcdb_nograph
+RUN=runs/in_tf2_tfpad_fcdb
+BASE=runs/in_tf2_tfpad_fcdb_nograph
 mkdir -p runs
 done_run() { [ -f "$1/final.pt" ]; }
 done_run $RUN || $PY -m s2cnet.train --data "$DATA/gaicd" --out $RUN "${RECIPE[@]}" &
 done_run $BASE || $PY -m s2cnet.train --data "$DATA/gaicd" --out $BASE "${RECIPE[@]}" --model use_graph=false &
 wait
 [ -f "$RUN.head.pt" ] || $PY -m s2cnet.train_saliency --data "$DATA/duts" --backbone-from $RUN \
-    --epochs 4 --lr 2e-3 --threads 2 --out "$RUN.head.pt"
+    --epochs 4 --lr 2e-3 --threads 1 --out "$RUN.head.pt"
 export_weights() {  # the cards record the training command, and the test metrics once they exist
     $PY -m s2cnet.export --checkpoint $RUN --saliency-head "$RUN.head.pt" --out s2cnet/weights/s2cnet.pt \
         --command "bash scripts/train_all.sh  # python -m s2cnet.train ${RECIPE[*]}" "$@"
