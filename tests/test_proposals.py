@@ -145,7 +145,7 @@ def test_head_on_cropper_features_equals_standalone_net_on_the_same_backbone():
                 if isinstance(m, torch.nn.BatchNorm2d):
                     m.running_var.fill_(0.5)
     head = SaliencyHead().eval()
-    net = SaliencyNet().eval()
+    net = SaliencyNet(tf_padding=model.cfg.tf_padding).eval()  # the same backbone, padded alike
     shared = {k: v for k, v in model.backbone.state_dict().items() if not k.startswith("reduce")}
     assert not net.backbone.load_state_dict(shared, strict=False).unexpected_keys
     image = astronaut().resize((320, 256))
