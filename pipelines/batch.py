@@ -58,24 +58,25 @@ class ModelSpec:
 
     def version(self) -> str:
         """The model version the actors' Croppers will record, known here without loading torch."""
+        import s2cnet  # its exports load lazily: no torch in the driver for this
         from s2cnet.checkpoint import weights_version
 
-        path = Path(self.weights) if self.weights else Path(__file__).resolve().parents[1] / "s2cnet" / "weights" / "s2cnet.pt"
-        return weights_version(path) if path.exists() else "untrained"
+        path = Path(self.weights) if self.weights else Path(s2cnet.__file__).parent / "weights" / "s2cnet.pt"
+        if path.exists():
+            return weights_version(path)
+        from s2cnet.cropper import Cropper
+
+        return Cropper.UNTRAINED_VERSION
 
     def build(self):
-        import torch
-
         from s2cnet.cropper import DEFAULT_WEIGHTS, Cropper
-        from s2cnet.model import S2CNet
 
         path = Path(self.weights) if self.weights else DEFAULT_WEIGHTS
         if not path.exists():
             if not self.untrained_ok:
                 raise FileNotFoundError(f"no S2CNet weights at {path} (pass --weights PATH)")
             warnings.warn(f"no S2CNet weights at {path}: using a seeded random-weight model (demo only)", stacklevel=2)
-            torch.manual_seed(0)  # every actor must score with the same random model
-            return Cropper(S2CNet(), proposer=None)
+            return Cropper.untrained()  # seeded: every actor scores with the same random model
         if self.proposals:
             try:
                 return Cropper.from_pretrained(path, proposer="default")

@@ -113,6 +113,15 @@ class Cropper:
         self.device = device
         return self
 
+    UNTRAINED_VERSION = "untrained-seed0"
+
+    @classmethod
+    def untrained(cls, proposer=None, **kwargs) -> Cropper:
+        """The one "random model" for development, demos and load tests: seeded, so every process that
+        builds one scores alike; the compute (and latency) is the real model's, the crops are meaningless."""
+        torch.manual_seed(0)
+        return cls(S2CNet(), proposer=proposer, model_version=cls.UNTRAINED_VERSION, **kwargs)
+
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, proposer="default", device: str | None = None,
                         **kwargs) -> Cropper:

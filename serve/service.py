@@ -39,10 +39,6 @@ def load_cropper(settings: Settings) -> Cropper:
     except ImportError:
         pass
     if settings.weights == "random":
-        from s2cnet.model import S2CNet
-
-        torch.manual_seed(0)  # every replica gets the same untrained model, so answers agree
-        model = S2CNet()
         proposer = None
         if settings.proposals:  # the real proposer when its weights exist, else the same net untrained
             from s2cnet.proposals import SALIENCY_WEIGHTS, FaceDetector, SaliencyProposer, default_proposer
@@ -50,7 +46,7 @@ def load_cropper(settings: Settings) -> Cropper:
 
             proposer = (default_proposer() if SALIENCY_WEIGHTS.exists()
                         else SaliencyProposer(SaliencyNet().eval(), faces=FaceDetector()))
-        return Cropper(model, proposer=proposer, model_version="untrained-seed0")
+        return Cropper.untrained(proposer=proposer)
     return Cropper.from_pretrained(settings.weights or None, proposer="default" if settings.proposals else None)
 
 

@@ -334,3 +334,13 @@ def test_cropper_to_cpu_is_exact_and_cuda_needs_a_device(cat: Image.Image) -> No
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA device"):
             Cropper(model, proposer=None).to("cuda")
+
+
+def test_the_untrained_cropper_is_one_seeded_model(cat: Image.Image) -> None:
+    from pipelines.batch import ModelSpec
+
+    a, b = Cropper.untrained(), Cropper.untrained()
+    assert a.model_version == b.model_version == Cropper.UNTRAINED_VERSION
+    boxes = candidates(*cat.size, "1:1", a.grid)
+    np.testing.assert_array_equal(a.score(cat, boxes, objects=NO_OBJECTS), b.score(cat, boxes, objects=NO_OBJECTS))
+    assert ModelSpec(weights="/nonexistent.pt").version() == Cropper.UNTRAINED_VERSION  # the resume key agrees
