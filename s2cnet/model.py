@@ -74,39 +74,29 @@ class NodeEncoder(nn.Module):
         return self.conv(x) + self.position(box_position(boxes, width, height))
 
 
-class S2CNet(nn.Module):
-    def __init__(self, cfg: S2CNetConfig | None = None) -> None:
+GRAPH_PARTS = ("spatial.", "semantic.", "gate.", "layers.", "type_embed", "norm.")  # keys before the head had a name
+
+
+class CropGraphHead(nn.Module):
+    """The paper's graph part, as one named module (as torchvision names a detector's heads): every
+    candidate crop's small graph (the crop node plus the shared object nodes) with spatial and semantic
+    edges, the aggregation gate and the spatial-semantic attention layers -> the crop node's features."""
+
+    def __init__(self, cfg: S2CNetConfig) -> None:
         super().__init__()
-        self.cfg = cfg = cfg or S2CNetConfig()
-        self.backbone = FusedMobileNetV2(cfg.reduced_dim, tf_padding=cfg.tf_padding)
-        self.nodes = NodeEncoder(cfg)
-        if cfg.use_graph:
-            self.spatial = SpatialEdges(cfg.edge_strategy, cfg.num_heads, cfg.distance_threshold)
-            self.semantic = SemanticEdges(cfg.node_dim, cfg.num_heads) if cfg.use_semantic else None
-            self.gate = AggregationGate(cfg.node_dim) if cfg.use_gate else None
-            self.layers = nn.ModuleList(
-                SpatialSemanticAttention(cfg.node_dim, cfg.num_heads, cfg.mlp_ratio, cfg.dropout)
-                for _ in range(cfg.num_layers)
-            )
-            self.type_embed = nn.Parameter(torch.zeros(2, cfg.node_dim))  # crop node vs object node
-            self.norm = nn.LayerNorm(cfg.node_dim)
-        self.readout = nn.Sequential(nn.Linear(cfg.node_dim, 128), nn.ReLU(inplace=True), nn.Linear(128, 1))
+        self.spatial = SpatialEdges(cfg.edge_strategy, cfg.num_heads, cfg.distance_threshold)
+        self.semantic = SemanticEdges(cfg.node_dim, cfg.num_heads) if cfg.use_semantic else None
+        self.gate = AggregationGate(cfg.node_dim) if cfg.use_gate else None
+        self.layers = nn.ModuleList(
+            SpatialSemanticAttention(cfg.node_dim, cfg.num_heads, cfg.mlp_ratio, cfg.dropout)
+            for _ in range(cfg.num_layers)
+        )
+        self.type_embed = nn.Parameter(torch.zeros(2, cfg.node_dim))  # crop node vs object node
+        self.norm = nn.LayerNorm(cfg.node_dim)
 
-    def features(self, image: torch.Tensor) -> torch.Tensor:
-        """[1, 3, H, W] normalised image (sides multiples of 32) -> stride-16 map; one pass serves all crops."""
-        return self.backbone(image)
-
-    def score_crops(self, feat: torch.Tensor, crops: torch.Tensor, objects: torch.Tensor | None,
-                    width: float, height: float) -> torch.Tensor:
-        """Scores [N] for crops [N, 4] given objects [M, 4] (M may be 0), all in input pixels."""
-        crop_tokens = self.nodes(feat, crops, width, height)  # [N, D]
-        if not self.cfg.use_graph:
-            return self.readout(crop_tokens).squeeze(-1)
-        if objects is None:
-            objects = crops.new_zeros(0, 4)
-        objects = objects[: self.cfg.max_objects]
-        m = len(objects)
-        obj_tokens = self.nodes(feat, objects, width, height) if m else crop_tokens.new_zeros(0, crop_tokens.shape[1])
+    def forward(self, crop_tokens: torch.Tensor, obj_tokens: torch.Tensor, crops: torch.Tensor,
+                objects: torch.Tensor, width: float, height: float) -> torch.Tensor:
+        """Crop tokens [N, D] and object tokens [M, D] (M may be 0) -> normalised crop-node features [N, D]."""
         c, o = crop_tokens + self.type_embed[0], obj_tokens + self.type_embed[1]  # N graphs share the M objects
         geometry, dist = pair_geometry(crops, objects, width, height)
         bias, adjacency, keep = self.spatial(geometry, dist)
@@ -118,9 +108,47 @@ class S2CNet(nn.Module):
         x = self.gate(c, o, adjacency) if self.gate is not None else graph_tokens(c, o)  # [N, 1+M, D]
         for i, layer in enumerate(self.layers):
             x = layer(x, bias, keep, first_only=i == len(self.layers) - 1)
+        with torch.autocast(x.device.type, enabled=False):  # fp32 from here: low-precision scores would tie
+            return self.norm(x[:, 0].float())
+
+
+class S2CNet(nn.Module):
+    def __init__(self, cfg: S2CNetConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg = cfg or S2CNetConfig()
+        self.backbone = FusedMobileNetV2(cfg.reduced_dim, tf_padding=cfg.tf_padding)
+        self.nodes = NodeEncoder(cfg)
+        self.graph = CropGraphHead(cfg) if cfg.use_graph else None  # use_graph=False: no head at all
+        self.readout = nn.Sequential(nn.Linear(cfg.node_dim, 128), nn.ReLU(inplace=True), nn.Linear(128, 1))
+        self._register_load_state_dict_pre_hook(_name_the_graph_head)
+
+    def features(self, image: torch.Tensor) -> torch.Tensor:
+        """[1, 3, H, W] normalised image (sides multiples of 32) -> stride-16 map; one pass serves all crops."""
+        return self.backbone(image)
+
+    def score_crops(self, feat: torch.Tensor, crops: torch.Tensor, objects: torch.Tensor | None,
+                    width: float, height: float) -> torch.Tensor:
+        """Scores [N] for crops [N, 4] given objects [M, 4] (M may be 0), all in input pixels."""
+        crop_tokens = self.nodes(feat, crops, width, height)  # [N, D]
+        if self.graph is None:
+            return self.readout(crop_tokens).squeeze(-1)
+        if objects is None:
+            objects = crops.new_zeros(0, 4)
+        objects = objects[: self.cfg.max_objects]
+        obj_tokens = (self.nodes(feat, objects, width, height) if len(objects)
+                      else crop_tokens.new_zeros(0, crop_tokens.shape[1]))
+        x = self.graph(crop_tokens, obj_tokens, crops, objects, width, height)
         with torch.autocast(x.device.type, enabled=False):  # fp32 readout: low-precision scores would tie
-            return self.readout(self.norm(x[:, 0].float())).squeeze(-1)
+            return self.readout(x).squeeze(-1)
 
     def forward(self, image: torch.Tensor, crops: torch.Tensor, objects: torch.Tensor | None = None) -> torch.Tensor:
         h, w = image.shape[-2:]
         return self.score_crops(self.features(image), crops, objects, float(w), float(h))
+
+
+def _name_the_graph_head(state: dict, prefix: str, *args) -> None:
+    """Files written before the graph head was one module keep loading: 'layers.0...' -> 'graph.layers.0...'."""
+    for key in [k for k in state if k.startswith(prefix)]:
+        rest = key[len(prefix):]
+        if rest.startswith(GRAPH_PARTS):
+            state[prefix + "graph." + rest] = state.pop(key)

@@ -56,13 +56,13 @@ def test_shapes_and_gradients(name: str, with_objects: bool) -> None:
     if not cfg.use_graph:
         assert not hasattr(model, "layers")
         return
-    for mod in (model.gate, model.norm, *model.layers):
+    for mod in (model.graph.gate, model.graph.norm, *model.graph.layers):
         assert _has_grad(mod), f"{name}: no gradient reaches {mod.__class__.__name__}"
     if with_objects:
         # With object nodes the edges matter: both edge modules must learn (except strategy 'none').
-        assert _has_grad(model.semantic)
-        assert model.type_embed.grad[1].abs().sum() > 0
-        assert _has_grad(model.spatial) == (name != "none")
+        assert _has_grad(model.graph.semantic)
+        assert model.graph.type_embed.grad[1].abs().sum() > 0
+        assert _has_grad(model.graph.spatial) == (name != "none")
 
 
 def test_scores_do_not_depend_on_other_candidates() -> None:
@@ -263,20 +263,20 @@ def _direct_score_crops(model: S2CNet, feat: torch.Tensor, crops: torch.Tensor, 
     n, m = len(crops), len(objects)
     ct = model.nodes(feat, crops, W, H)
     ot = model.nodes(feat, objects, W, H)
-    x = torch.cat([(ct + model.type_embed[0])[:, None], (ot + model.type_embed[1])[None].expand(n, m, -1)], dim=1)
+    x = torch.cat([(ct + model.graph.type_embed[0])[:, None], (ot + model.graph.type_embed[1])[None].expand(n, m, -1)], dim=1)
     geometry, dist = pair_geometry(crops, objects, W, H)
-    bias, adjacency, keep = model.spatial(geometry, dist)
-    z = torch.nn.functional.normalize(model.semantic.proj(x), dim=-1)
+    bias, adjacency, keep = model.graph.spatial(geometry, dist)
+    z = torch.nn.functional.normalize(model.graph.semantic.proj(x), dim=-1)
     sim = z @ z.transpose(1, 2)
-    bias, adjacency = bias + model.semantic.scale[None, :, None, None] * sim[:, None], (adjacency + sim.clamp(min=0)) / 2
+    bias, adjacency = bias + model.graph.semantic.scale[None, :, None, None] * sim[:, None], (adjacency + sim.clamp(min=0)) / 2
     if keep is not None:
         adjacency = adjacency * keep
     a = adjacency / adjacency.sum(-1, keepdim=True).clamp(min=1e-6)
     agg = a @ x
-    x = x + torch.sigmoid(model.gate.gate(torch.cat([x, agg], dim=-1))) * model.gate.msg(agg)
-    for layer in model.layers:
+    x = x + torch.sigmoid(model.graph.gate.gate(torch.cat([x, agg], dim=-1))) * model.graph.gate.msg(agg)
+    for layer in model.graph.layers:
         x = layer(x, bias, keep)  # all K rows, every layer
-    return model.readout(model.norm(x[:, 0])).squeeze(-1)
+    return model.readout(model.graph.norm(x[:, 0])).squeeze(-1)
 
 
 @pytest.mark.parametrize("name", ["disemb", "disdrop"])
@@ -370,3 +370,14 @@ def test_model_config_selects_the_padding() -> None:
     model = S2CNet(S2CNetConfig(node_dim=64, tf_padding=True))
     assert model.backbone.tf_padding
     assert any(type(m).__name__ == "SamePadConv2d" for m in model.backbone.modules())
+
+
+def test_graph_head_is_one_named_part_and_old_files_still_load() -> None:
+    model = _model(CONFIGS["disemb"]).eval()
+    assert model.graph is not None and _model(CONFIGS["no_graph"]).graph is None
+    old_layout = {k.removeprefix("graph."): v for k, v in model.state_dict().items()}  # keys before the head had a name
+    assert any(k.startswith("layers.") for k in old_layout)
+    again = _model(CONFIGS["disemb"], seed=5).eval()
+    again.load_state_dict(old_layout)
+    with torch.no_grad():
+        torch.testing.assert_close(again(_image(), CROPS, OBJECTS), model(_image(), CROPS, OBJECTS))
