@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
+from s2cnet.fcdb import boundary_displacement, iou
+
 RATIOS = ["1:1", "16:9", "9:16"]
 FREE = "free"
 
@@ -49,18 +51,6 @@ def mass_kept(mask: np.ndarray, box) -> float:
     x1, y1, x2, y2 = (int(round(v)) for v in box)
     total = mask.sum()
     return float(mask[y1:y2, x1:x2].sum() / total) if total else 1.0
-
-
-def iou(a, b) -> float:
-    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return inter / union if union > 0 else 0.0
-
-
-def bde(a, b, w: int, h: int) -> float:
-    return float(np.mean(np.abs(np.asarray(a, float) - np.asarray(b, float)) / np.array([w, h, w, h])))
 
 
 def mirrored(box, width: int) -> tuple[float, float, float, float]:
@@ -106,12 +96,10 @@ def duts_table(root: Path, limit: int, cropper) -> dict:
 
 
 def fcdb_table(root: Path, limit: int, cropper) -> dict:
-    crops = json.loads((root / "crops.json").read_text())
-    names = sorted(json.loads((root / "pairs.json").read_text()))
-    import random
+    from s2cnet.fcdb import split_fcdb
 
-    random.Random(0).shuffle(names)  # the held-out photos of s2cnet.fcdb.split_fcdb(root, 138, seed=0)
-    names = names[:138][:limit]
+    crops = json.loads((root / "crops.json").read_text())
+    names = split_fcdb(root, 138, seed=0)[1][:limit]  # the photos training holds out
     out: dict = {}
     for name in names:
         image = Image.open(root / "images" / name).convert("RGB")
@@ -121,8 +109,8 @@ def fcdb_table(root: Path, limit: int, cropper) -> dict:
             for key, ratio in ((FREE, None), ("human's ratio", at_ratio)):
                 box = fn(image, ratio)
                 r = out.setdefault((method, key), {"iou": [], "bde": []})
-                r["iou"].append(iou(box, human))
-                r["bde"].append(bde(box, human, *image.size))
+                r["iou"].append(iou(np.asarray(box, float), np.asarray(human, float)))
+                r["bde"].append(boundary_displacement(box, human, *image.size))
     return {"rows": out, "photos": len(names)}
 
 

@@ -57,16 +57,12 @@ class ModelSpec:
     untrained_ok: bool = False  # dev/demo only: random (seeded) weights when no weights file exists
 
     def version(self) -> str:
-        """The model version the actors' Croppers will record, known here without loading torch."""
-        import s2cnet  # its exports load lazily: no torch in the driver for this
+        """The model version the actors' Croppers will record, known here without building a model."""
         from s2cnet.checkpoint import weights_version
+        from s2cnet.cropper import DEFAULT_WEIGHTS, Cropper
 
-        path = Path(self.weights) if self.weights else Path(s2cnet.__file__).parent / "weights" / "s2cnet.pt"
-        if path.exists():
-            return weights_version(path)
-        from s2cnet.cropper import Cropper
-
-        return Cropper.UNTRAINED_VERSION
+        path = Path(self.weights) if self.weights else DEFAULT_WEIGHTS
+        return weights_version(path) if path.exists() else Cropper.UNTRAINED_VERSION
 
     def build(self):
         from s2cnet.cropper import DEFAULT_WEIGHTS, Cropper
@@ -157,9 +153,10 @@ def _one_line(e: BaseException) -> str:
     return f"{type(e).__name__}: {text[:300]}" if text else type(e).__name__
 
 
-def check_locations(cfg: JobConfig) -> None:
-    """Refuses, before Ray starts, what would fail or loop later: outputs inside the input (a resume
-    would ingest them as photos) and an input that cannot be listed or outputs that cannot be written."""
+def check_locations(cfg: JobConfig) -> list[InputFile]:
+    """The input's listing (the job's only one), after refusing, before Ray starts, what would fail or
+    loop later: outputs inside the input (a resume would ingest them as photos), an input that cannot
+    be listed, outputs that cannot be written."""
     src = Location(cfg.input, cfg.endpoint_url)
     outs = [("--output", Location(cfg.output, cfg.endpoint_url))]
     if cfg.thumbnails:
@@ -169,8 +166,7 @@ def check_locations(cfg: JobConfig) -> None:
         if src.is_s3 == out.is_s3 and (a.startswith(b) or b.startswith(a)):
             raise StartupError(f"{flag} {out.uri} overlaps --input {src.uri}: keep outputs outside the photos' prefix")
     try:
-        src.filesystem().get_file_info(src.root)
-        list_inputs(src)
+        files = list_inputs(src)
     except Exception as e:
         raise StartupError(f"cannot list --input {src.uri} ({_one_line(e)})") from None
     for flag, out in outs:
@@ -184,6 +180,7 @@ def check_locations(cfg: JobConfig) -> None:
                 fs.delete_dir(out.root)
         except Exception as e:
             raise StartupError(f"cannot write to {flag} {out.uri} ({_one_line(e)})") from None
+    return files
 
 
 AWS_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_DEFAULT_REGION",
@@ -476,9 +473,8 @@ def run(cfg: JobConfig) -> Summary:
     import ray.data
 
     ratios = normalize_ratios(cfg.ratios)
-    check_locations(cfg)
-    src, out = Location(cfg.input, cfg.endpoint_url), Location(cfg.output, cfg.endpoint_url)
-    files = list_inputs(src)
+    files = check_locations(cfg)
+    out = Location(cfg.output, cfg.endpoint_url)
     if cfg.overwrite:
         delete_tree(out)
     done = existing_rows(out, drop_unreadable=cfg.resume)

@@ -71,10 +71,6 @@ class InputFile:
     size: int
     mtime_ns: int = 0  # last modified (S3: LastModified); with size, what tells a replaced photo
 
-    @property
-    def version(self) -> str:
-        return f"{self.size}:{self.mtime_ns}"
-
 
 def list_inputs(loc: Location, fs: pafs.FileSystem | None = None) -> list[InputFile]:
     """Every file under the input root, sorted by key; directories (and S3 folder markers) are skipped."""

@@ -156,7 +156,7 @@ class SaliencyProposer:
         return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(mass, np.float32)
 
     def propose(self, image: Image.Image, prepared: np.ndarray, fused: torch.Tensor | None) -> np.ndarray:
-        return self(image, fused=fused if self.shares_backbone else None, faces=prepared)
+        return self(image, fused=fused, faces=prepared)  # the Cropper passes fused only when shares_backbone
 
     def __call__(self, image: Image.Image, fused: torch.Tensor | None = None,
                  faces: np.ndarray | None = None) -> np.ndarray:
@@ -188,7 +188,9 @@ class DetectorProposer(ImageProposer):
         state = torch.load(io.BytesIO(read_bytes(str(weights), endpoint_url)), map_location="cpu", weights_only=True)
         self.model.load_state_dict(state)
         self.score_threshold, self.max_objects = score_threshold, max_objects
-        self.fn = self
+
+    def propose(self, image: Image.Image, prepared: None, fused: torch.Tensor | None) -> np.ndarray:
+        return self(image)
 
     @torch.no_grad()
     def __call__(self, image: Image.Image) -> np.ndarray:
