@@ -6,7 +6,8 @@
         --ratios 1:1,4:3,16:9,9:16 --thumbnails s3://bucket/thumbs/ --resume
 
 This file only parses arguments: ``ray submit`` copies it alone to the head node, so everything it
-runs comes from the installed packages ``pipelines`` and ``s2cnet``.
+runs comes from the project folder on the node's PYTHONPATH (``pipelines``, as cluster.yaml sets it)
+and the installed model library (``s2cnet``).
 """
 
 from __future__ import annotations
@@ -15,8 +16,13 @@ import argparse
 import json
 import sys
 from dataclasses import fields
+from pathlib import Path
 
-from pipelines.batch import JobConfig, ModelSpec, OutputExistsError, StartupError, normalize_ratios, run
+ROOT = Path(__file__).resolve().parents[1]
+if __name__ == "__main__" and (ROOT / "pipelines").is_dir() and str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # `python pipelines/crop_bucket.py` in a checkout
+
+from pipelines.batch import JobConfig, ModelSpec, OutputExistsError, StartupError, normalize_ratios, run  # noqa: E402
 
 
 def job_options(p: argparse.ArgumentParser) -> None:

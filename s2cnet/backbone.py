@@ -7,6 +7,7 @@ stages are resampled to stride 16 and concatenated before a 1x1 reduction, as in
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,13 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 FUSED_CHANNELS = 32 + 96 + 320  # MobileNetV2 widths at strides 8, 16 and 32
+
+
+class BackboneMaps(NamedTuple):
+    """One photo's backbone pass, as the heads read it."""
+
+    stride8: torch.Tensor  # [B, 32, H/8, W/8]: the stride-8 stage (small faces need it)
+    fused: torch.Tensor  # [B, 448, H/16, W/16]: strides 8, 16 and 32 fused, before the 1x1 reduction
 
 
 class SamePadConv2d(nn.Conv2d):
@@ -64,17 +72,21 @@ class FusedMobileNetV2(nn.Module):
         stages = [k for k in self.state_dict() if not k.startswith("reduce.")]
         self.load_state_dict({k: state[f"features.{k.split('.', 1)[1]}"] for k in stages}, strict=False)
 
-    def fused(self, x: torch.Tensor) -> torch.Tensor:
-        """The 448-channel stride-16 map before reduction (also feeds the saliency head)."""
+    def pyramid(self, x: torch.Tensor) -> BackboneMaps:
+        """The stride-8 stage and the fused map: the scorer reads the fused map, the saliency and
+        subject heads read them too."""
         # A frozen stride-8 stage needs no autograd graph: that saves most of a CPU training step.
         with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in self.stage8.parameters())):
             c8 = self.stage8(x)
         c16 = self.stage16(c8)
         c32 = self.stage32(c16)
         size = c16.shape[-2:]
-        c8 = F.adaptive_avg_pool2d(c8, size)
         c32 = F.interpolate(c32, size=size, mode="bilinear", align_corners=False)
-        return torch.cat([c8, c16, c32], dim=1)
+        return BackboneMaps(c8, torch.cat([F.adaptive_avg_pool2d(c8, size), c16, c32], dim=1))
+
+    def fused(self, x: torch.Tensor) -> torch.Tensor:
+        """The 448-channel stride-16 map before reduction."""
+        return self.pyramid(x).fused
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.reduce(self.fused(x))

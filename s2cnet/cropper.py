@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from s2cnet.backbone import BackboneMaps
 from s2cnet.candidates import GridConfig, candidates, canonical_ratio
 from s2cnet.checkpoint import load_checkpoint, weights_version
 from s2cnet.imageio import LoadedImage, open_image
@@ -135,7 +136,7 @@ class Cropper:
         if proposer == "default":
             from s2cnet.proposals import default_proposer
 
-            proposer = default_proposer(head_state=ck.get("saliency_head"))
+            proposer = default_proposer(head_state=ck.get("saliency_head"), subject_state=ck.get("subject_heads"))
         cropper = cls(model, proposer=proposer, model_version=version, **kwargs)
         return cropper.to(device) if device else cropper
 
@@ -148,15 +149,15 @@ class Cropper:
             return LoadedImage(open_image(src.image, target_short_side=self.short_side).image, src.original_size, src.format)
         return open_image(src, target_short_side=self.short_side)
 
-    def _features(self, loaded: LoadedImage) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
-        """One backbone pass -> (reduced map for the crops, fused map for a sharing proposer, scale
+    def _features(self, loaded: LoadedImage) -> tuple[torch.Tensor, BackboneMaps, np.ndarray]:
+        """One backbone pass -> (reduced map for the crops, the maps a sharing proposer reads, scale
         from full-size pixels to model-input pixels)."""
         x, scale = model_input(loaded.image, loaded.original_size, self.short_side)
         with torch.no_grad():
             x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            fused = self.model.backbone.fused(x)
+            maps = self.model.backbone.pyramid(x)
             # RoI/RoDAlign want a contiguous map: converting once here saves a copy per align call
-            return self.model.backbone.reduce(fused).contiguous(), fused, scale
+            return self.model.backbone.reduce(maps.fused).contiguous(), maps, scale
 
     def _start_objects(self, loaded: LoadedImage, objects) -> PendingObjects:
         """Given objects (or none, without a proposer) as they are; else starts the proposer's
@@ -168,12 +169,12 @@ class Cropper:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="s2cnet-proposals")
         return PendingObjects(prepared=self._pool.submit(self.proposer.prepare, loaded.image))
 
-    def _finish_objects(self, loaded: LoadedImage, pending: PendingObjects, fused: torch.Tensor) -> np.ndarray:
+    def _finish_objects(self, loaded: LoadedImage, pending: PendingObjects, maps: BackboneMaps) -> np.ndarray:
         """Object boxes in full-size pixels."""
         if pending.boxes is not None:
             return pending.boxes
         boxes = self.proposer.propose(loaded.image, pending.prepared.result(),
-                                      fused if self.proposer.shares_backbone else None)
+                                      maps if self.proposer.shares_backbone else None)
         sx, sy = loaded.scale
         return np.asarray(boxes, np.float32).reshape(-1, 4) * np.array([sx, sy, sx, sy], np.float32)
 
@@ -199,8 +200,8 @@ class Cropper:
         if len(boxes) == 0:
             return np.zeros(0, np.float32)
         started = self._start_objects(loaded, objects)
-        feat, fused, scale = self._features(loaded)
-        return self._score(feat, scale, boxes, self._finish_objects(loaded, started, fused))
+        feat, maps, scale = self._features(loaded)
+        return self._score(feat, scale, boxes, self._finish_objects(loaded, started, maps))
 
     def crop(self, image, ratios: str | Sequence[str] | None = None, objects=None) -> list[Crop]:
         """Best crop per ratio (one result per ratio, in order); one "W:H" string is one ratio;
@@ -236,10 +237,10 @@ class Cropper:
         upcoming = begin(0) if len(images) else None
         for i in range(len(images)):
             loaded, per_ratio, started = upcoming
-            feat, fused, scale = self._features(loaded)
+            feat, maps, scale = self._features(loaded)
             if i + 1 < len(images):
                 upcoming = begin(i + 1)  # queues the next photo's faces behind this one's
-            objs = self._finish_objects(loaded, started, fused)
+            objs = self._finish_objects(loaded, started, maps)
             scores = self._score(feat, scale, np.concatenate(per_ratio), objs)
             per_scores = np.split(scores, np.cumsum([len(b) for b in per_ratio])[:-1])
             crops = [self._choose(r, b, sc, objs) for r, b, sc in zip(keys, per_ratio, per_scores)]

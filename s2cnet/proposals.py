@@ -1,9 +1,11 @@
 """Object proposals ("visual genes") for any photo, with no downloaded weights.
 
-GAICD ships boxes from a Visual Genome detector; uploads do not. We propose them from the DUTS-trained
-saliency map (connected regions at several thresholds, plus the whole salient extent) and from
-OpenCV's bundled frontal-face cascade, then keep the top N by saliency mass after NMS. Users who have
-detector weights can plug in torchvision's Faster R-CNN instead (``DetectorProposer``).
+GAICD ships boxes from a Visual Genome detector; uploads do not. We propose them from heads on the
+scorer's own backbone: faces, people and main objects (``s2cnet.subject``, distilled from YuNet and
+DeepLabV3) and the DUTS-trained saliency map (connected regions at several thresholds, plus the
+whole salient extent), then keep the top N after NMS, faces first. OpenCV's Haar face cascade
+remains for models without subject heads. Users who have detector weights can plug in
+torchvision's Faster R-CNN instead (``DetectorProposer``).
 """
 
 from __future__ import annotations
@@ -20,21 +22,24 @@ from PIL import Image
 from scipy import ndimage
 from torchvision.ops import nms
 
+from s2cnet.backbone import BackboneMaps
 from s2cnet.saliency import SALIENCY_WEIGHTS, SaliencyHead, SaliencyNet, load_saliency, load_saliency_head
+from s2cnet.subject import STRIDE, SubjectHeads, load_subject_heads, mask_regions, subjects
 from s2cnet.transforms import model_input
 
 
 class Proposer(Protocol):
-    """What the Cropper calls for object boxes, in two stages so the image-only part (faces) runs on a
-    worker thread while the backbone runs: ``prepare(image)`` there, then ``propose`` on the caller's
-    thread with prepare's result and, when ``shares_backbone``, the scorer's fused stride-16 map of
-    the same photo. Boxes are [M, 4] float x1,y1,x2,y2 in ``image``'s pixels, best first."""
+    """What the Cropper calls for object boxes, in two stages so an image-only part (e.g. a face
+    cascade) can run on a worker thread while the backbone runs: ``prepare(image)`` there, then
+    ``propose`` on the caller's thread with prepare's result and, when ``shares_backbone``, the
+    scorer's backbone maps of the same photo. Boxes are [M, 4] float x1,y1,x2,y2 in ``image``'s
+    pixels, best first (the crop choice protects the first few)."""
 
     shares_backbone: bool
 
     def prepare(self, image: Image.Image) -> Any: ...
 
-    def propose(self, image: Image.Image, prepared: Any, fused: torch.Tensor | None) -> np.ndarray: ...
+    def propose(self, image: Image.Image, prepared: Any, maps: BackboneMaps | None) -> np.ndarray: ...
 
 
 class ImageProposer:
@@ -48,7 +53,7 @@ class ImageProposer:
     def prepare(self, image: Image.Image) -> None:
         return None
 
-    def propose(self, image: Image.Image, prepared: None, fused: torch.Tensor | None) -> np.ndarray:
+    def propose(self, image: Image.Image, prepared: None, maps: BackboneMaps | None) -> np.ndarray:
         return self.fn(image)
 
 
@@ -92,39 +97,47 @@ class FaceDetector:
 
 
 class SaliencyProposer:
-    """Top-N boxes from the saliency map's connected regions, faces first.
+    """Top-N object boxes, in the order the crop choice protects them: faces, then people, then main
+    objects, then salient regions.
 
     ``net`` is a whole SaliencyNet (its own backbone pass at ``short_side``) or only a SaliencyHead
-    that reads the fused stride-16 features the Cropper's S2CNet backbone has already computed, which
-    saves a second backbone pass per photo. Face detection needs only the image, so ``prepare`` lets
-    the Cropper run it on another core while the backbone runs.
+    that reads the fused map the Cropper's S2CNet backbone has already computed (one backbone pass per
+    photo). ``subject`` heads on that same backbone add faces, people and main objects; without them,
+    ``faces`` (the Haar cascade) finds faces from the image alone, which ``prepare`` runs on another
+    core while the backbone runs.
     """
 
     def __init__(self, net: SaliencyNet | SaliencyHead, max_objects: int = 10, short_side: int = 160,
-                 thresholds: tuple[float, ...] = (0.3, 0.5, 0.7), faces: FaceDetector | None = None) -> None:
+                 thresholds: tuple[float, ...] = (0.3, 0.5, 0.7), faces: FaceDetector | None = None,
+                 subject: SubjectHeads | None = None, face_threshold: float = 0.4) -> None:
+        if subject is not None and not isinstance(net, SaliencyHead):
+            raise ValueError("subject heads read the scorer's backbone: pair them with a SaliencyHead")
         self.net, self.max_objects, self.short_side = net, max_objects, short_side
         self.thresholds, self.faces = thresholds, faces
+        self.subject, self.face_threshold = subject, face_threshold
 
     @property
     def shares_backbone(self) -> bool:
         return isinstance(self.net, SaliencyHead)
 
     def to(self, device: str | torch.device) -> SaliencyProposer:
-        """A head that reads the scorer's features must sit on the scorer's device."""
+        """Heads that read the scorer's features must sit on the scorer's device."""
         self.net.to(device)
+        if self.subject is not None:
+            self.subject.to(device)
         return self
 
     def prepare(self, image: Image.Image) -> np.ndarray:
-        """The image-only stage (faces); safe to run on another thread."""
+        """The image-only stage (Haar faces); safe to run on another thread."""
         return self.faces(image) if self.faces is not None else np.zeros((0, 4), np.float32)
 
     @torch.no_grad()
-    def saliency_map(self, image: Image.Image, fused: torch.Tensor | None = None) -> np.ndarray:
+    def saliency_map(self, image: Image.Image, maps: BackboneMaps | None = None) -> np.ndarray:
         """Saliency probabilities at stride 16 of the resized image -> [h, w] in 0..1."""
-        if fused is not None:
-            logits = self.head(fused)
+        if maps is not None:
+            logits = self.head(maps.fused)
         elif self.shares_backbone:
-            raise ValueError("this proposer reads the S2CNet backbone's fused features: pass fused=")
+            raise ValueError("this proposer reads the S2CNet backbone's maps: pass maps=")
         else:
             x, _ = model_input(image, image.size, self.short_side)
             logits = self.net(x.to(next(self.net.parameters()).device))
@@ -155,18 +168,36 @@ class SaliencyProposer:
                 mass.append(float(up[labels > 0].sum()) * 0.9)
         return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(mass, np.float32)
 
-    def propose(self, image: Image.Image, prepared: np.ndarray, fused: torch.Tensor | None) -> np.ndarray:
-        return self(image, fused=fused, faces=prepared)  # the Cropper passes fused only when shares_backbone
+    @torch.no_grad()
+    def subjects(self, image: Image.Image, maps: BackboneMaps) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(faces, people, main objects) from the subject heads, boxes in ``image``'s pixels, each best first."""
+        found = subjects(self.subject(maps.stride8, maps.fused), self.face_threshold)
+        h8, w8 = found.person.shape
+        scale = np.float32([image.width / (w8 * STRIDE), image.height / (h8 * STRIDE)] * 2)
+        people = mask_regions(found.person)[0]
+        objects = mask_regions(found.objects)[0]
+        return found.faces * scale, people * scale, objects * scale
 
-    def __call__(self, image: Image.Image, fused: torch.Tensor | None = None,
+    def propose(self, image: Image.Image, prepared: np.ndarray, maps: BackboneMaps | None) -> np.ndarray:
+        return self(image, maps=maps, faces=prepared)  # the Cropper passes maps only when shares_backbone
+
+    def __call__(self, image: Image.Image, maps: BackboneMaps | None = None,
                  faces: np.ndarray | None = None) -> np.ndarray:
-        """Boxes in ``image``'s pixels; ``fused`` must come from this same image, ``faces`` from ``prepare``."""
-        boxes, mass = self.boxes_from_map(self.saliency_map(image, fused), image.width, image.height)
+        """Boxes in ``image``'s pixels; ``maps`` must come from this same image, ``faces`` from ``prepare``."""
+        boxes, mass = self.boxes_from_map(self.saliency_map(image, maps), image.width, image.height)
         faces = self.prepare(image) if faces is None else faces
-        if len(faces):
-            # faces go first: a cut-off head is the worst thumbnail failure
-            boxes = np.concatenate([faces, boxes])
-            mass = np.concatenate([np.full(len(faces), mass.max(initial=1.0) * 2 + 1, np.float32), mass])
+        tiers = [np.zeros((0, 4), np.float32)] * 3  # faces, people, main objects: a cut-off head is the worst failure
+        if self.subject is not None:
+            tiers = list(self.subjects(image, maps))
+        tiers[0] = np.concatenate([np.asarray(faces, np.float32).reshape(-1, 4), tiers[0]])
+        # each tier ranks above everything after it; within a tier the given order holds
+        top = mass.max(initial=1.0) + 1
+        ranked = [boxes]
+        ranks = [mass]
+        for level, tier in enumerate(reversed(tiers), start=1):
+            ranked.append(tier)
+            ranks.append(top * level + 1 - np.arange(len(tier), dtype=np.float32) / (len(tier) + 1))
+        boxes, mass = np.concatenate(ranked[::-1]), np.concatenate(ranks[::-1]).astype(np.float32)
         if len(boxes) == 0:
             return boxes
         keep = nms(torch.from_numpy(boxes), torch.from_numpy(mass), 0.7).numpy()[: self.max_objects]
@@ -189,7 +220,7 @@ class DetectorProposer(ImageProposer):
         self.model.load_state_dict(state)
         self.score_threshold, self.max_objects = score_threshold, max_objects
 
-    def propose(self, image: Image.Image, prepared: None, fused: torch.Tensor | None) -> np.ndarray:
+    def propose(self, image: Image.Image, prepared: None, maps: BackboneMaps | None) -> np.ndarray:
         return self(image)
 
     @torch.no_grad()
@@ -211,12 +242,16 @@ def read_bytes(uri: str, endpoint_url: str | None = None) -> bytes:
     return Path(uri).read_bytes()
 
 
-def default_proposer(max_objects: int = 10, faces: bool = True, head_state: dict | None = None) -> SaliencyProposer:
-    """The bundled proposer with face boxes: a saliency head sharing the S2CNet backbone when the
-    model file carries one (``head_state``), else the standalone DUTS saliency network."""
-    detector = FaceDetector() if faces else None
+def default_proposer(max_objects: int = 10, faces: bool = True, head_state: dict | None = None,
+                     subject_state: dict | None = None) -> SaliencyProposer:
+    """The bundled proposer. With a model file that carries heads on its own backbone: the saliency head
+    (``head_state``) and, when present, the subject heads (``subject_state``: faces, people, main
+    objects), all reading the scorer's backbone pass. Without subject heads, faces come from OpenCV's
+    Haar cascade; without a saliency head, from the standalone DUTS saliency network."""
     if head_state is not None:
-        return SaliencyProposer(load_saliency_head(head_state), max_objects=max_objects, faces=detector)
+        subject = load_subject_heads(subject_state) if subject_state is not None and faces else None
+        detector = FaceDetector() if faces and subject is None else None
+        return SaliencyProposer(load_saliency_head(head_state), max_objects=max_objects, faces=detector, subject=subject)
     if not SALIENCY_WEIGHTS.exists():
         raise FileNotFoundError(f"no saliency weights at {SALIENCY_WEIGHTS}")
-    return SaliencyProposer(load_saliency(), max_objects=max_objects, faces=detector)
+    return SaliencyProposer(load_saliency(), max_objects=max_objects, faces=FaceDetector() if faces else None)

@@ -59,12 +59,16 @@ def test_setup_installs_the_file_mounted_project(cluster):
     remote = [r for r, local in mounts.items() if (ROOT / local).resolve() == ROOT]
     assert len(remote) == 1, "the repository root must be file-mounted (ray submit copies only the script)"
     assert any("pip install" in c and remote[0] in c for c in cluster["setup_commands"])
+    assert any(f"export PYTHONPATH={remote[0]}" in c for c in cluster["setup_commands"]), \
+        "the applications run from the mounted project folder"
     packages = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
-    assert {"s2cnet", "pipelines"} <= set(packages)
+    assert packages == ["s2cnet"], "only the model library goes into site-packages (serve/tune/pipelines would clash)"
 
 
 def test_lone_script_runs_against_the_installed_package(tmp_path):
-    """Build and install the project the way setup_commands does, then run a lone copy of the script."""
+    """Build and install the project the way setup_commands does, then run a lone copy of the script
+    with the mounted project folder on PYTHONPATH: site-packages gains s2cnet (and its dependencies)
+    but no top-level serve/tune/pipelines, and the applications import from the folder."""
     src = tmp_path / "src"
     for name in ("pyproject.toml", "s2cnet", "pipelines", "serve", "tune", "README.md"):
         if (ROOT / name).is_dir():
@@ -82,12 +86,16 @@ def test_lone_script_runs_against_the_installed_package(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     shutil.copy(ROOT / "pipelines" / "crop_bucket.py", elsewhere / "crop_bucket.py")
-    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(site), "HOME": str(tmp_path)}
+    installed = {p.name for p in site.iterdir() if p.is_dir() and not p.name.endswith((".dist-info", ".egg-info"))}
+    assert installed - {"bin"} == {"s2cnet"}, installed  # bin: the s2cnet console script
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": f"{src}:{site}", "HOME": str(tmp_path)}
     where = "import importlib.util as u; print(u.find_spec('pipelines').origin, u.find_spec('s2cnet').origin)"
     check = subprocess.run([sys.executable, "-c", where],
                            cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
     assert check.returncode == 0, check.stderr[-2000:]
-    assert all(p.startswith(str(site)) for p in check.stdout.split()), check.stdout
+    pipelines_at, s2cnet_at = check.stdout.split()
+    # the mounted folder comes first on PYTHONPATH, so s2cnet too is read from it: the same files
+    assert pipelines_at.startswith(str(src / "pipelines")) and s2cnet_at.startswith(str(src / "s2cnet")), check.stdout
     helped = subprocess.run([sys.executable, "crop_bucket.py", "--help"], cwd=elsewhere, env=env,
                             capture_output=True, text=True, timeout=300)
     assert helped.returncode == 0, helped.stderr[-2000:]

@@ -170,7 +170,7 @@ def test_bf16_scoring_keeps_the_ranking_and_fp32_readout(cropper: Cropper, cat: 
 
 class FaceStageProposer:
     """A proposer with an image-only ``prepare`` stage (like faces) and a second stage that may read the
-    Cropper's fused backbone map. Its boxes depend on the image, so mixing up photos changes results."""
+    Cropper's backbone maps. Its boxes depend on the image, so mixing up photos changes results."""
 
     def __init__(self, shares_backbone: bool) -> None:
         self._shares = shares_backbone
@@ -186,9 +186,10 @@ class FaceStageProposer:
         w, h = image.size
         return np.array([[0.1 * w, 0.15 * h, 0.45 * w, 0.6 * h]], np.float32)  # a "face"
 
-    def propose(self, image: Image.Image, faces, fused) -> np.ndarray:
+    def propose(self, image: Image.Image, faces, maps) -> np.ndarray:
         assert faces is not None, "the Cropper must hand over prepare()'s result"
-        self.calls.append((image.size, faces.copy(), None if fused is None else tuple(fused.shape)))
+        shapes = None if maps is None else (tuple(maps.stride8.shape), tuple(maps.fused.shape))
+        self.calls.append((image.size, faces.copy(), shapes))
         w, h = image.size
         return np.concatenate([faces, [[0.5 * w, 0.3 * h, 0.95 * w, 0.9 * h]]]).astype(np.float32)
 
@@ -207,15 +208,15 @@ def test_crop_batch_pipelines_faces_and_equals_crop_per_image(cropper: Cropper, 
     batch = c.crop_batch(three_photos, ratios)
     assert len(proposer.prepare_threads) == 3
     assert threading.get_ident() not in proposer.prepare_threads  # faces ran beside the backbone
-    # each photo's second stage got that photo's own faces (and fused map when shared), on the decoded
+    # each photo's second stage got that photo's own faces (and backbone maps when shared), on the decoded
     # image (the JPEG is drafted to half size); the Cropper maps its boxes back to full-size pixels
     decoded = [open_image(p, target_short_side=c.short_side) for p in three_photos]
     assert [s for s, _, _ in proposer.calls] == [d.image.size for d in decoded]
     assert decoded[1].image.size != decoded[1].original_size  # control: draft mode is exercised
-    for ((w, h), faces, fused), d in zip(proposer.calls, decoded):
+    for ((w, h), faces, maps), d in zip(proposer.calls, decoded):
         np.testing.assert_allclose(faces, [[0.1 * w, 0.15 * h, 0.45 * w, 0.6 * h]], rtol=1e-6)
         iw, ih = resize_shape(*d.original_size, c.short_side)
-        assert fused == ((1, 448, ih // 16, iw // 16) if shares else None)
+        assert maps == (((1, 32, ih // 8, iw // 8), (1, 448, ih // 16, iw // 16)) if shares else None)
     W0, H0 = decoded[1].original_size
     np.testing.assert_allclose(c.analyse(three_photos[1], ratios).objects[0], [0.1 * W0, 0.15 * H0, 0.45 * W0, 0.6 * H0],
                                rtol=1e-5)

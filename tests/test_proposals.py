@@ -103,32 +103,32 @@ def test_detector_proposer_rejects_a_missing_file(tmp_path):
         DetectorProposer(tmp_path / "nope.pt")
 
 
-# -- a saliency head that reads the S2CNet backbone's fused map (one backbone pass per photo) ---------
+# -- a saliency head that reads the S2CNet backbone's maps (one backbone pass per photo) ---------
 
 def _model_input(image: Image.Image, short_side: int = 256) -> torch.Tensor:
     return model_input(image, image.size, short_side)[0]
 
 
-def test_head_only_proposer_needs_fused_and_keeps_boxes_inside():
+def test_head_only_proposer_needs_the_backbone_maps_and_keeps_boxes_inside():
     torch.manual_seed(0)
     head = SaliencyHead().eval()
     proposer = SaliencyProposer(head, max_objects=5)
     assert proposer.shares_backbone and proposer.head is head
     assert not SaliencyProposer(SaliencyNet().eval()).shares_backbone
     image = astronaut().resize((384, 256))
-    with pytest.raises(ValueError, match="fused="):
+    with pytest.raises(ValueError, match="maps="):
         proposer(image)
     model = S2CNet().eval()
     with torch.no_grad():
-        fused = model.backbone.fused(_model_input(image))
-    assert fused.shape == (1, 448, 16, 24)
-    boxes = proposer(image, fused=fused)
+        maps = model.backbone.pyramid(_model_input(image))
+    assert maps.fused.shape == (1, 448, 16, 24) and maps.stride8.shape == (1, 32, 32, 48)
+    boxes = proposer(image, maps=maps)
     assert boxes.ndim == 2 and boxes.shape[1] == 4 and 1 <= len(boxes) <= 5
     assert (boxes >= 0).all() and (boxes[:, [0, 2]] <= 384).all() and (boxes[:, [1, 3]] <= 256).all()
     assert (boxes[:, 0] < boxes[:, 2]).all() and (boxes[:, 1] < boxes[:, 3]).all()
     # faces handed over by prepare() come first, unchanged
     face = np.array([[40, 30, 90, 100]], np.float32)
-    with_face = proposer(image, fused=fused, faces=face)
+    with_face = proposer(image, maps=maps, faces=face)
     np.testing.assert_array_equal(with_face[0], face[0])
 
 
@@ -158,8 +158,8 @@ def test_head_on_cropper_features_equals_standalone_net_on_the_same_backbone():
     seen = {}
 
     class Recording(SaliencyProposer):
-        def saliency_map(self, image, fused=None):
-            seen["map"] = super().saliency_map(image, fused)
+        def saliency_map(self, image, maps=None):
+            seen["map"] = super().saliency_map(image, maps)
             return seen["map"]
 
     Cropper(model, proposer=Recording(head)).score(image, [[0, 0, 256, 256]])

@@ -1,0 +1,144 @@
+"""The face / person / object heads: their targets and decoding agree, masks become boxes, the face
+benchmark counts as documented, and the proposer puts faces and people first."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from s2cnet.model import S2CNet
+from s2cnet.proposals import SaliencyProposer, default_proposer
+from s2cnet.saliency import SaliencyHead, SaliencyNet
+from s2cnet.subject import STRIDE, SubjectHeads, SubjectMaps, decode_faces, load_subject_heads, mask_regions
+from s2cnet.train_subject import FACE_SCORE, head_loss, match_faces, targets
+from s2cnet.transforms import model_input
+from tests.test_proposals import astronaut
+
+
+def maps_from_targets(t: dict[str, np.ndarray]) -> SubjectMaps:
+    """The head output a perfect student would give for these targets."""
+    heat = torch.from_numpy(t["heat"]).clamp(1e-4, 1 - 1e-4)
+    logits = torch.log(heat / (1 - heat))[None, None]
+    return SubjectMaps(logits, torch.from_numpy(t["box"])[None], torch.from_numpy(np.log(t["masks"] + 1e-4))[None])
+
+
+def test_targets_decode_back_to_the_faces():
+    faces = np.float32([[40, 50, 80, 102, 0.95], [150.5, 20, 166, 38, 0.8]])
+    t = targets(faces, np.zeros((256, 256), np.uint8), 32)
+    assert t["centre"].sum() == 2 and t["heat"].max() == 1.0
+    boxes, scores = decode_faces(maps_from_targets(t), threshold=0.5)
+    assert len(boxes) == 2 and (scores > 0.99).all()
+    got = sorted(boxes.tolist())
+    np.testing.assert_allclose(got, faces[:, :4][np.argsort(faces[:, 0])], atol=1e-3)
+
+
+def test_unsure_and_tiny_faces_carry_no_loss_either_way():
+    faces = np.float32([[40, 40, 90, 100, FACE_SCORE - 0.1], [200, 200, 204, 204, 0.99]])
+    t = targets(faces, np.zeros((256, 256), np.uint8), 32)
+    assert t["centre"].sum() == 0 and t["heat"].max() == 0
+    assert t["weight"][5:12, 5:11].max() == 0  # the unsure face's box is "don't care"
+    assert t["weight"][25, 25] == 0 and t["weight"][0, 0] == 1
+
+
+def test_masks_are_the_share_of_each_cell():
+    classes = np.zeros((256, 256), np.uint8)
+    classes[0:8, 0:4] = 15  # half a cell of person
+    classes[64:128, 64:128] = 12  # a dog: an object, not a person
+    classes[200:208, 200:208] = 255  # PASCAL's "void" border: neither
+    m = targets(np.zeros((0, 5), np.float32), classes, 32)["masks"]
+    assert m[0, 0, 0] == 0.5 and m[1, 0, 0] == 0.5
+    assert m[0, 8:16, 8:16].max() == 0 and m[1, 8:16, 8:16].min() == 1
+    assert m[:, 25, 25].max() == 0
+
+
+def test_a_perfect_student_has_a_lower_loss_than_a_random_one():
+    faces = np.float32([[40, 50, 80, 102, 0.95]])
+    classes = np.zeros((256, 256), np.uint8)
+    classes[100:200, 30:120] = 15
+    t = targets(faces, classes, 32)
+    batch = {k: torch.from_numpy(v)[None] for k, v in t.items()}
+    perfect = head_loss(maps_from_targets(t), batch)
+    torch.manual_seed(0)
+    random = SubjectMaps(torch.randn(1, 1, 32, 32) - 2, torch.randn(1, 4, 32, 32), torch.randn(1, 2, 32, 32))
+    worse = head_loss(random, batch)
+    for k in ("focal", "box", "mask"):
+        assert perfect[k] < worse[k], k
+    assert perfect["box"] < 1e-4
+
+
+def test_mask_regions_are_boxes_largest_first_and_drop_specks():
+    prob = np.zeros((32, 40), np.float32)
+    prob[2:6, 3:7] = 0.9  # 16 cells
+    prob[10:20, 20:30] = 0.8  # 100 cells
+    prob[30, 0] = 1.0  # a speck
+    boxes, mass = mask_regions(prob)
+    np.testing.assert_array_equal(boxes, np.float32([[20, 10, 30, 20], [3, 2, 7, 6]]) * STRIDE)
+    assert mass[0] > mass[1]
+
+
+def test_match_faces_counts_as_documented():
+    short = 200.0
+    truth = np.float32([
+        [10, 10, 40, 40, 0.9],  # 15% of the short side: counted
+        [100, 100, 104, 104, 0.9],  # 2%: too small to count, a prediction on it is no false positive
+        [150, 10, 180, 40, 0.4],  # YuNet unsure: don't care
+        [60, 60, 90, 90, 0.9],  # counted, missed
+    ])
+    pred = np.float32([[11, 11, 41, 41], [100, 100, 104, 104], [150, 10, 180, 40], [120, 150, 160, 190], [0, 190, 3, 193]])
+    scores = np.float32([0.9, 0.8, 0.7, 0.6, 0.5])
+    tp, fp, found, total = match_faces(pred, scores, truth, short)
+    # one hit, one false positive (the 20% box on nothing); the 1.5% stray box is out of range
+    assert (tp, fp, found, total) == (1, 1, 1, 2)
+
+
+def _calibrated(heads: SubjectHeads) -> SubjectHeads:
+    with torch.no_grad():  # a random head whose masks fire somewhere and whose heatmap has peaks
+        heads.masks.bias.fill_(0.5)
+        heads.face.bias[0] = 3.0
+    return heads.eval()
+
+
+def test_proposer_with_subject_heads_puts_faces_then_people_first():
+    torch.manual_seed(0)
+    proposer = SaliencyProposer(SaliencyHead().eval(), max_objects=10, subject=_calibrated(SubjectHeads()))
+    assert proposer.shares_backbone
+    image = astronaut().resize((384, 256))
+    with torch.no_grad():
+        maps = S2CNet().eval().backbone.pyramid(model_input(image, image.size)[0])
+    faces, people, objects = proposer.subjects(image, maps)
+    assert len(faces) and len(people)
+    boxes = proposer(image, maps=maps)
+    assert 1 <= len(boxes) <= 10
+    assert (boxes >= 0).all() and (boxes[:, [0, 2]] <= 384).all() and (boxes[:, [1, 3]] <= 256).all()
+    clipped = faces.copy()
+    clipped[:, [0, 2]] = clipped[:, [0, 2]].clip(0, 384)
+    clipped[:, [1, 3]] = clipped[:, [1, 3]].clip(0, 256)
+    np.testing.assert_allclose(boxes[0], clipped[0], atol=1e-4)  # the most confident face leads
+    with pytest.raises(ValueError, match="SaliencyHead"):
+        SaliencyProposer(SaliencyNet(), subject=SubjectHeads())
+
+
+def test_default_proposer_uses_shipped_subject_heads_instead_of_the_cascade():
+    torch.manual_seed(0)
+    half = lambda m: {k: v.half() for k, v in m.state_dict().items()}  # noqa: E731  as shipped
+    heads = SubjectHeads(width=32, blocks=2)
+    state = {"config": {"width": 32, "blocks": 2}, "state": half(heads)}
+    loaded = load_subject_heads(state)
+    x8, x16 = torch.randn(1, 32, 8, 10), torch.randn(1, 448, 4, 5)
+    torch.testing.assert_close(loaded(x8, x16).face_logits, heads.half().float()(x8, x16).face_logits)
+    proposer = default_proposer(head_state=half(SaliencyHead()), subject_state=state)
+    assert proposer.subject is not None and proposer.faces is None
+    assert default_proposer(head_state=half(SaliencyHead())).faces is not None  # no heads: the cascade
+
+
+def test_decode_faces_keeps_the_strongest_peaks():
+    logits = torch.full((1, 1, 16, 16), -6.0)
+    logits[0, 0, 3, 4], logits[0, 0, 3, 5], logits[0, 0, 10, 10] = 4.0, 3.0, 1.0  # (3,5) is no local max
+    box = torch.zeros(1, 4, 16, 16)
+    box[:, 2:] = math.log(2.0)
+    boxes, scores = decode_faces(SubjectMaps(logits, box, torch.zeros(1, 2, 16, 16)), threshold=0.5)
+    assert len(boxes) == 2 and scores[0] > scores[1]
+    np.testing.assert_allclose(boxes[0], [4 * STRIDE - STRIDE, 3 * STRIDE - STRIDE, 4 * STRIDE + STRIDE, 3 * STRIDE + STRIDE])
