@@ -26,7 +26,10 @@ SCHEMA = pa.schema([
     ("x2", pa.int32()),
     ("y2", pa.int32()),
     ("score", pa.float32()),
-    ("objects_cut", pa.int32()),  # protected objects (faces first) the crop still cuts through
+    ("objects_cut", pa.int32()),  # protected objects (faces, people, main objects) the crop cuts through
+    ("objects_dropped", pa.int32()),  # protected objects it leaves out
+    ("faces", pa.int32()),  # faces found that some crop of this ratio keeps whole
+    ("faces_kept", pa.int32()),  # of those, the ones this crop keeps whole
     ("thumbnail", pa.string()),  # the thumbnail's URI, when one was written
     ("model_version", pa.string()),
     ("error_kind", pa.string()),  # null when fine; one of ERROR_KINDS
@@ -127,14 +130,16 @@ def error_row(key: str, kind: str, error: str, model_version: str, size: tuple[i
               ratio: str | None = None) -> dict:
     w, h = size or (None, None)
     return {"key": key, "width": w, "height": h, "ratio": ratio, "x1": None, "y1": None, "x2": None,
-            "y2": None, "score": None, "objects_cut": None, "thumbnail": None, "model_version": model_version,
+            "y2": None, "score": None, "objects_cut": None, "objects_dropped": None, "faces": None, "faces_kept": None,
+            "thumbnail": None, "model_version": model_version,
             "error_kind": kind, "error": error}
 
 
 def crop_row(key: str, size: tuple[int, int], ratio: str, crop, model_version: str, error: str | None = None) -> dict:
     x1, y1, x2, y2 = (int(v) for v in crop.box)
     return {"key": key, "width": size[0], "height": size[1], "ratio": ratio, "x1": x1, "y1": y1, "x2": x2,
-            "y2": y2, "score": float(crop.score), "objects_cut": len(crop.cut_objects), "thumbnail": None,
+            "y2": y2, "score": float(crop.score), "objects_cut": len(crop.cut_objects),
+            "objects_dropped": len(crop.dropped_objects), "faces": crop.faces, "faces_kept": crop.kept_faces, "thumbnail": None,
             "model_version": model_version, "error_kind": None if error is None else "thumbnail", "error": error}
 
 

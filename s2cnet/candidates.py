@@ -24,7 +24,7 @@ class GridConfig:
     min_area: float = 0.5  # minimum crop area as a share of the photo (fixed ratio: of the largest crop)
     max_aspect: float = 2.0  # free ratio: aspect ratio limits [1/max_aspect, max_aspect]
     scales: int = 4  # fixed ratio: sizes from the largest fitting crop down to sqrt(min_area) of it
-    positions: int = 4  # fixed ratio: positions per free axis
+    positions: int = 5  # fixed ratio: positions per free axis (an odd count includes the centred crop)
 
 
 def parse_ratio(ratio: str) -> tuple[int, int]:
@@ -88,6 +88,27 @@ def fixed_candidates(width: int, height: int, ratio: str, grid: GridConfig = Gri
     boxes = np.array(out, dtype=np.int64)
     _, first = np.unique(boxes, axis=0, return_index=True)
     return boxes[np.sort(first)]
+
+
+def anchored_candidates(width: int, height: int, ratio: str, anchors: np.ndarray, grid: GridConfig = GridConfig()) -> np.ndarray:
+    """Crops of exactly ``ratio`` centred on each anchor box (a face, the union of the protected
+    objects...) at each of the grid's scales, shifted inside the photo: a position grid cannot
+    centre a subject that sits between its steps. -> [N, 4] int, possibly empty."""
+    a, b = parse_ratio(ratio)
+    k_max = min(width // a, height // b)
+    anchors = np.asarray(anchors, np.float64).reshape(-1, 4)
+    if k_max < 1 or len(anchors) == 0:
+        return np.zeros((0, 4), np.int64)
+    k_min = max(1, int(np.ceil(k_max * np.sqrt(grid.min_area))))
+    ks = sorted({int(round(k)) for k in np.linspace(k_max, k_min, grid.scales)}, reverse=True)
+    cx, cy = (anchors[:, 0] + anchors[:, 2]) / 2, (anchors[:, 1] + anchors[:, 3]) / 2
+    out = []
+    for k in ks:
+        w, h = a * k, b * k
+        x1 = np.clip(np.round(cx - w / 2), 0, width - w).astype(np.int64)
+        y1 = np.clip(np.round(cy - h / 2), 0, height - h).astype(np.int64)
+        out.append(np.stack([x1, y1, x1 + w, y1 + h], 1))
+    return np.concatenate(out)
 
 
 def candidates(width: int, height: int, ratio: str | None = None, grid: GridConfig = GridConfig()) -> np.ndarray:

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 
 from s2cnet.backbone import BackboneMaps
-from s2cnet.candidates import GridConfig, candidates, canonical_ratio
+from s2cnet.candidates import GridConfig, anchored_candidates, candidates, canonical_ratio
 from s2cnet.checkpoint import load_checkpoint, weights_version
 from s2cnet.imageio import LoadedImage, open_image
 from s2cnet.model import S2CNet
-from s2cnet.proposals import Proposer, as_proposer
+from s2cnet.proposals import FACE, OBJECT, Proposals, Proposer, as_proposer
 from s2cnet.transforms import model_input
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -34,7 +34,10 @@ class Crop:
     ratio: str | None  # "W:H", or None for the free-ratio crop
     box: tuple[int, int, int, int]  # x1, y1, x2, y2 in pixels of the upright image
     score: float
-    cut_objects: list[tuple[int, int, int, int]] = field(default_factory=list)  # object boxes the crop cuts through
+    cut_objects: list[tuple[int, int, int, int]] = field(default_factory=list)  # protected boxes the crop cuts through
+    dropped_objects: list[tuple[int, int, int, int]] = field(default_factory=list)  # protected boxes it leaves out
+    kept_faces: int = 0  # faces kept whole
+    faces: int = 0  # faces found (that some candidate of this ratio could keep whole)
 
 
 def native_bf16() -> bool:
@@ -95,8 +98,9 @@ class Cropper:
         self.short_side = short_side
         self.grid = grid
         self.model_version = model_version
-        # A crop within ``integrity_margin`` of the best score that cuts fewer of the first
-        # ``protected_objects`` object boxes (faces first, then the most salient) is preferred.
+        # Faces are never cut or dropped when some candidate keeps them; then a crop within
+        # ``integrity_margin`` of the best score that loses fewer of the first ``protected_objects``
+        # other boxes (people, objects, salient regions) is preferred (see _choose).
         self.integrity_margin = integrity_margin
         self.protected_objects = protected_objects
 
@@ -169,14 +173,16 @@ class Cropper:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="s2cnet-proposals")
         return PendingObjects(prepared=self._pool.submit(self.proposer.prepare, loaded.image))
 
-    def _finish_objects(self, loaded: LoadedImage, pending: PendingObjects, maps: BackboneMaps) -> np.ndarray:
-        """Object boxes in full-size pixels."""
+    def _finish_objects(self, loaded: LoadedImage, pending: PendingObjects, maps: BackboneMaps) -> Proposals:
+        """Object boxes in full-size pixels, and what each one is (given boxes are plain objects)."""
         if pending.boxes is not None:
-            return pending.boxes
-        boxes = self.proposer.propose(loaded.image, pending.prepared.result(),
+            return Proposals(pending.boxes, (OBJECT,) * len(pending.boxes))
+        found = self.proposer.propose(loaded.image, pending.prepared.result(),
                                       maps if self.proposer.shares_backbone else None)
+        boxes, kinds = found if isinstance(found, Proposals) else (found, None)
         sx, sy = loaded.scale
-        return np.asarray(boxes, np.float32).reshape(-1, 4) * np.array([sx, sy, sx, sy], np.float32)
+        boxes = np.asarray(boxes, np.float32).reshape(-1, 4) * np.array([sx, sy, sx, sy], np.float32)
+        return Proposals(boxes, tuple(kinds) if kinds is not None else (OBJECT,) * len(boxes))
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_pool": None}  # threads do not pickle; a copy starts its own
@@ -201,7 +207,7 @@ class Cropper:
             return np.zeros(0, np.float32)
         started = self._start_objects(loaded, objects)
         feat, maps, scale = self._features(loaded)
-        return self._score(feat, scale, boxes, self._finish_objects(loaded, started, maps))
+        return self._score(feat, scale, boxes, self._finish_objects(loaded, started, maps).boxes)
 
     def crop(self, image, ratios: str | Sequence[str] | None = None, objects=None) -> list[Crop]:
         """Best crop per ratio (one result per ratio, in order); one "W:H" string is one ratio;
@@ -240,22 +246,46 @@ class Cropper:
             feat, maps, scale = self._features(loaded)
             if i + 1 < len(images):
                 upcoming = begin(i + 1)  # queues the next photo's faces behind this one's
-            objs = self._finish_objects(loaded, started, maps)
+            objs, kinds = self._finish_objects(loaded, started, maps)
+            w, h = loaded.original_size
+            anchors = subject_anchors(objs, kinds, self.protected_objects)
+            per_ratio = [b if r is None else unique_rows(np.concatenate([b, anchored_candidates(w, h, r, anchors, self.grid)]))
+                         for r, b in zip(keys, per_ratio)]
             scores = self._score(feat, scale, np.concatenate(per_ratio), objs)
             per_scores = np.split(scores, np.cumsum([len(b) for b in per_ratio])[:-1])
-            crops = [self._choose(r, b, sc, objs) for r, b, sc in zip(keys, per_ratio, per_scores)]
-            yield Analysis(loaded.original_size, crops, dict(zip(keys, per_ratio)), dict(zip(keys, per_scores)), objs)
+            crops = [self._choose(r, b, sc, objs, kinds) for r, b, sc in zip(keys, per_ratio, per_scores)]
+            yield Analysis(loaded.original_size, crops, dict(zip(keys, per_ratio)), dict(zip(keys, per_scores)), objs, kinds)
 
-    def _choose(self, ratio: str | None, boxes: np.ndarray, s: np.ndarray, objs: np.ndarray) -> Crop:
-        """The best-scoring candidate, unless one almost as good keeps more protected objects whole."""
-        protected = objs[: self.protected_objects]
-        cuts = cut_matrix(boxes, protected)  # [N, M] bool
-        near_best = s >= s.max() - self.integrity_margin
-        fewest = cuts[near_best].sum(1).min() if len(protected) else 0
-        eligible = near_best & (cuts.sum(1) == fewest)
-        j = int(np.argmax(np.where(eligible, s, -np.inf)))
-        cut = [tuple(int(round(v)) for v in protected[k]) for k in np.nonzero(cuts[j])[0]]
-        return Crop(ratio=ratio, box=tuple(int(v) for v in boxes[j]), score=float(s[j]), cut_objects=cut)
+    def _choose(self, ratio: str | None, boxes: np.ndarray, s: np.ndarray, objs: np.ndarray,
+                kinds: tuple[str, ...] | None = None) -> Crop:
+        """The explicit choice, in two steps:
+
+        1. Faces: among the candidates that keep the most faces whole (counting only faces some
+           candidate keeps whole), so a face is never cut or dropped when another crop keeps it.
+        2. Other protected objects (the first ``protected_objects`` people, objects and salient
+           regions): within ``integrity_margin`` of the best score left, the fewest lost (cut or
+           dropped, counting only objects some remaining candidate keeps whole); then the best score.
+        """
+        kinds = kinds if kinds is not None else (OBJECT,) * len(objs)
+        kept = kept_share(boxes, objs)  # [N, M]
+        whole = kept >= KEEP_WHOLE
+        face_idx = [m for m, k in enumerate(kinds) if k == FACE]
+        face_idx = [m for m in face_idx if whole[:, m].any()]
+        faces_kept = whole[:, face_idx].sum(1)
+        eligible = faces_kept == faces_kept.max(initial=0)
+        others = [m for m, k in enumerate(kinds) if k != FACE][: self.protected_objects]
+        others = [m for m in others if whole[eligible, m].any()]
+        near = eligible & (s >= s[eligible].max() - self.integrity_margin)
+        lost = (~whole[:, others]).sum(1)
+        chosen = near & (lost == lost[near].min())  # near always holds the best eligible candidate
+        j = int(np.argmax(np.where(chosen, s, -np.inf)))
+        all_faces = [m for m, k in enumerate(kinds) if k == FACE]
+        protected = all_faces + [m for m, k in enumerate(kinds) if k != FACE][: self.protected_objects]
+        as_box = lambda m: tuple(int(round(v)) for v in objs[m])  # noqa: E731
+        cut = [as_box(m) for m in protected if DROPPED < kept[j, m] < KEEP_WHOLE]
+        dropped = [as_box(m) for m in protected if kept[j, m] <= DROPPED]
+        return Crop(ratio=ratio, box=tuple(int(v) for v in boxes[j]), score=float(s[j]), cut_objects=cut,
+                    dropped_objects=dropped, kept_faces=int(faces_kept[j]), faces=len(face_idx))
 
 
 @dataclass
@@ -265,16 +295,43 @@ class Analysis:
     candidates: dict  # ratio -> [N, 4] int boxes
     scores: dict  # ratio -> [N] scores
     objects: np.ndarray  # [M, 4] object nodes used
+    object_kinds: tuple[str, ...] = ()  # per object: "face", "person", "object" or "salient"
 
 
-def cut_matrix(crops: np.ndarray, objects: np.ndarray, keep_whole: float = 0.9, drop: float = 0.1) -> np.ndarray:
-    """[N, M] True where crop n cuts through object m: keeps more than ``drop`` of it but less than ``keep_whole``."""
+KEEP_WHOLE, DROPPED = 0.9, 0.1  # an object is kept whole at >= 90% inside the crop, dropped at <= 10%
+
+
+def kept_share(crops: np.ndarray, objects: np.ndarray) -> np.ndarray:
+    """[N, M] share of object m's box inside crop n."""
     if len(objects) == 0:
-        return np.zeros((len(crops), 0), bool)
+        return np.zeros((len(crops), 0))
     c, o = np.asarray(crops, np.float64)[:, None], np.asarray(objects, np.float64)[None]
     iw = (np.minimum(c[..., 2], o[..., 2]) - np.maximum(c[..., 0], o[..., 0])).clip(min=0)
     ih = (np.minimum(c[..., 3], o[..., 3]) - np.maximum(c[..., 1], o[..., 1])).clip(min=0)
-    area = ((o[..., 2] - o[..., 0]) * (o[..., 3] - o[..., 1])).clip(min=1e-6)
-    kept = iw * ih / area
+    return iw * ih / ((o[..., 2] - o[..., 0]) * (o[..., 3] - o[..., 1])).clip(min=1e-6)
+
+
+def cut_matrix(crops: np.ndarray, objects: np.ndarray, keep_whole: float = KEEP_WHOLE, drop: float = DROPPED) -> np.ndarray:
+    """[N, M] True where crop n cuts through object m: keeps more than ``drop`` of it but less than ``keep_whole``."""
+    kept = kept_share(crops, objects)
     return (kept > drop) & (kept < keep_whole)
 
+
+def subject_anchors(objs: np.ndarray, kinds: tuple[str, ...], protected: int) -> np.ndarray:
+    """Boxes to centre extra candidates on: each face, the union of the faces, the first person,
+    the first object, and the union of the protected objects."""
+    faces = objs[[k == FACE for k in kinds]] if len(objs) else objs
+    others = objs[[k != FACE for k in kinds]][:protected] if len(objs) else objs
+    union = lambda b: np.concatenate([b[:, :2].min(0), b[:, 2:].max(0)])[None]  # noqa: E731
+    out = [faces[:3]]
+    if len(faces) > 1:
+        out.append(union(faces))
+    if len(others):
+        out += [others[:1], union(np.concatenate([faces, others]))]
+    return np.concatenate(out).reshape(-1, 4) if out else np.zeros((0, 4), np.float32)
+
+
+def unique_rows(boxes: np.ndarray) -> np.ndarray:
+    """Boxes without repeats, first occurrences in order."""
+    _, first = np.unique(boxes, axis=0, return_index=True)
+    return boxes[np.sort(first)]

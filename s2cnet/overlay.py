@@ -111,7 +111,9 @@ def render_overlay(image: Image.Image, boxes: np.ndarray, scores: np.ndarray, ob
         colour = CROP_COLOURS[i % len(CROP_COLOURS)]
         x1, y1, x2, y2 = np.asarray(crop.box, np.float64) * scale
         draw.rectangle((x1, y1, x2 - 1, y2 - 1), outline=colour, width=line + 1)
-        _label(draw, (line + 2, line + 2 + i * text_h), f"{crop.ratio or 'free'}  score {crop.score:.3f}", colour, font)
+        terms = f"  faces {crop.kept_faces}/{crop.faces}" if crop.faces else ""
+        terms += f"  cut {len(crop.cut_objects)}  dropped {len(crop.dropped_objects)}"
+        _label(draw, (line + 2, line + 2 + i * text_h), f"{crop.ratio or 'free'}  score {crop.score:.3f}{terms}", colour, font)
 
     if covered.any():  # legend: the ramp from the lowest to the highest per-pixel mean score
         bar_w, bar_h = max(32, size[0] // 4), max(6, size[1] // 60)

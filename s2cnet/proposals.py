@@ -13,7 +13,7 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -33,13 +33,25 @@ class Proposer(Protocol):
     cascade) can run on a worker thread while the backbone runs: ``prepare(image)`` there, then
     ``propose`` on the caller's thread with prepare's result and, when ``shares_backbone``, the
     scorer's backbone maps of the same photo. Boxes are [M, 4] float x1,y1,x2,y2 in ``image``'s
-    pixels, best first (the crop choice protects the first few)."""
+    pixels, best first (the crop choice protects the first few); a ``Proposals`` also says which
+    boxes are faces."""
 
     shares_backbone: bool
 
     def prepare(self, image: Image.Image) -> Any: ...
 
-    def propose(self, image: Image.Image, prepared: Any, maps: BackboneMaps | None) -> np.ndarray: ...
+    def propose(self, image: Image.Image, prepared: Any, maps: BackboneMaps | None) -> np.ndarray | Proposals: ...
+
+
+FACE, PERSON, OBJECT, SALIENT = "face", "person", "object", "salient"  # what a proposed box is
+
+
+class Proposals(NamedTuple):
+    """A proposer's boxes [M, 4] (best first) and, per box, what it is: the crop choice never cuts or
+    drops a face that some candidate keeps, and protects the other kinds within a score margin."""
+
+    boxes: np.ndarray
+    kinds: tuple[str, ...]
 
 
 class ImageProposer:
@@ -178,12 +190,17 @@ class SaliencyProposer:
         objects = mask_regions(found.objects)[0]
         return found.faces * scale, people * scale, objects * scale
 
-    def propose(self, image: Image.Image, prepared: np.ndarray, maps: BackboneMaps | None) -> np.ndarray:
-        return self(image, maps=maps, faces=prepared)  # the Cropper passes maps only when shares_backbone
+    def propose(self, image: Image.Image, prepared: np.ndarray, maps: BackboneMaps | None) -> Proposals:
+        return self.proposals(image, maps=maps, faces=prepared)  # the Cropper passes maps only when shares_backbone
 
     def __call__(self, image: Image.Image, maps: BackboneMaps | None = None,
                  faces: np.ndarray | None = None) -> np.ndarray:
         """Boxes in ``image``'s pixels; ``maps`` must come from this same image, ``faces`` from ``prepare``."""
+        return self.proposals(image, maps, faces).boxes
+
+    def proposals(self, image: Image.Image, maps: BackboneMaps | None = None,
+                  faces: np.ndarray | None = None) -> Proposals:
+        """Boxes and what each one is, faces first."""
         boxes, mass = self.boxes_from_map(self.saliency_map(image, maps), image.width, image.height)
         faces = self.prepare(image) if faces is None else faces
         tiers = [np.zeros((0, 4), np.float32)] * 3  # faces, people, main objects: a cut-off head is the worst failure
@@ -192,19 +209,19 @@ class SaliencyProposer:
         tiers[0] = np.concatenate([np.asarray(faces, np.float32).reshape(-1, 4), tiers[0]])
         # each tier ranks above everything after it; within a tier the given order holds
         top = mass.max(initial=1.0) + 1
-        ranked = [boxes]
-        ranks = [mass]
-        for level, tier in enumerate(reversed(tiers), start=1):
+        ranked, ranks, kinds = [boxes], [mass], [SALIENT] * len(boxes)
+        for level, (tier, kind) in enumerate(zip(reversed(tiers), (OBJECT, PERSON, FACE)), start=1):
             ranked.append(tier)
             ranks.append(top * level + 1 - np.arange(len(tier), dtype=np.float32) / (len(tier) + 1))
+            kinds = [kind] * len(tier) + kinds
         boxes, mass = np.concatenate(ranked[::-1]), np.concatenate(ranks[::-1]).astype(np.float32)
         if len(boxes) == 0:
-            return boxes
+            return Proposals(boxes, ())
         keep = nms(torch.from_numpy(boxes), torch.from_numpy(mass), 0.7).numpy()[: self.max_objects]
         out = boxes[keep]
         out[:, [0, 2]] = out[:, [0, 2]].clip(0, image.width)
         out[:, [1, 3]] = out[:, [1, 3]].clip(0, image.height)
-        return out
+        return Proposals(out, tuple(kinds[i] for i in keep))
 
 
 class DetectorProposer(ImageProposer):

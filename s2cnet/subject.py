@@ -53,7 +53,7 @@ class SubjectMaps:
 
 
 class SubjectHeads(nn.Module):
-    def __init__(self, width: int = 64, blocks: int = 3) -> None:
+    def __init__(self, width: int = 128, blocks: int = 4) -> None:
         super().__init__()
         self.fine = nn.Sequential(nn.Conv2d(STAGE8_CHANNELS, width, 1), nn.ReLU(inplace=True))
         self.context = nn.Sequential(nn.Conv2d(FUSED_CHANNELS, width, 1), nn.ReLU(inplace=True))

@@ -2,7 +2,7 @@
 
     python -m s2cnet.teacher_labels --out runs/teachers            # once: YuNet + DeepLab labels
     python -m s2cnet.train_subject --labels runs/teachers --backbone-from s2cnet/weights/s2cnet.pt \
-        --out runs/subject_heads.pt --epochs 12
+        --out runs/subject_heads.pt --epochs 12 --threads 2
 
 The backbone stays frozen (BatchNorm statistics included), so crop scores do not move: the heads
 only add what the proposer protects. Training photos are GAICD train, FCDB train and DUTS train minus
@@ -229,8 +229,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-3)
-    ap.add_argument("--width", type=int, default=64)
-    ap.add_argument("--blocks", type=int, default=3)
+    ap.add_argument("--width", type=int, default=128)
+    ap.add_argument("--blocks", type=int, default=4)
+    ap.add_argument("--face-repeat", type=int, default=3,
+                    help="photos with a face are seen this many times per epoch (about one photo in five has one)")
     ap.add_argument("--val-photos", type=int, default=400, help="held-out photos read each epoch")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--seed", type=int, default=0)
@@ -252,7 +254,9 @@ def main(argv: list[str] | None = None) -> None:
     backbone = model.backbone.eval().requires_grad_(False).fold_batchnorm().to(memory_format=torch.channels_last)
     heads = SubjectHeads(args.width, args.blocks)
     opt = torch.optim.AdamW(heads.parameters(), lr=args.lr, weight_decay=1e-4)
-    steps_per_epoch = len(train) // args.batch_size
+    has_face = [i for i, ph in enumerate(train) if (ph.faces[:, 4] >= FACE_SCORE).any()]
+    base_order = list(range(len(train))) + has_face * (args.face_repeat - 1)
+    steps_per_epoch = len(base_order) // args.batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=max(1, args.epochs * steps_per_epoch),
                                                 pct_start=0.05)
     resume = args.out.with_suffix(".resume.pt")
@@ -264,9 +268,10 @@ def main(argv: list[str] | None = None) -> None:
         rng.setstate(ck["rng"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     config = {"width": args.width, "blocks": args.blocks}
+    print(f"{len(has_face)} training photos with a face; {steps_per_epoch} steps an epoch", flush=True)
     for epoch in range(start, args.epochs):
         t0 = time.time()
-        order = list(range(len(train)))
+        order = list(base_order)
         rng.shuffle(order)
         sums: dict[str, float] = {}
         for b in range(steps_per_epoch):

@@ -96,7 +96,10 @@ class CropOut(BaseModel):
     ratio: str | None = Field(description="canonical 'W:H' (reduced), null for the free-ratio crop")
     box: list[int] = Field(description="x1, y1, x2, y2 in pixels of the upright (EXIF-applied) photo")
     score: float
-    cut_objects: list[list[int]] = Field(description="protected object boxes the crop still cuts through")
+    cut_objects: list[list[int]] = Field(description="protected object boxes (faces, people, main objects) the crop cuts through")
+    dropped_objects: list[list[int]] = Field(description="protected object boxes the crop leaves out (under 10% inside)")
+    faces: int = Field(description="faces found that some candidate of this ratio keeps whole")
+    kept_faces: int = Field(description="of those, the faces this crop keeps whole (all of them whenever they fit together)")
 
 
 class CropsResponse(BaseModel):

@@ -169,7 +169,9 @@ class CropService:
         w, h = size
         return {"width": w, "height": h,
                 "crops": [{"ratio": c.ratio, "box": [int(v) for v in c.box], "score": round(float(c.score), 6),
-                           "cut_objects": [[int(v) for v in b] for b in c.cut_objects]} for c in crops],
+                           "cut_objects": [[int(v) for v in b] for b in c.cut_objects],
+                           "dropped_objects": [[int(v) for v in b] for b in c.dropped_objects],
+                           "faces": c.faces, "kept_faces": c.kept_faces} for c in crops],
                 "model_version": model_version,
                 "timing_ms": {k: round(v, 2) for k, v in timing_ms.items()}}
 

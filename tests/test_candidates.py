@@ -116,3 +116,19 @@ def test_too_small_image_for_ratio_raises() -> None:
     assert candidates(16, 9, "16:9").tolist() == [[0, 0, 16, 9]]  # exactly fits: one crop
     with pytest.raises(ValueError):
         candidates(0, 10)
+
+
+def test_anchored_candidates_centre_on_each_anchor_inside_the_photo():
+    from s2cnet.candidates import anchored_candidates
+
+    grid = GridConfig()
+    anchors = np.array([[500, 100, 560, 180], [0, 0, 10, 10]], np.float32)  # the second sits in a corner
+    boxes = anchored_candidates(900, 600, "9:16", anchors, grid)
+    assert len(boxes) == 2 * grid.scales
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    assert (w * 16 == h * 9).all()
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 900).all() and (boxes[:, 3] <= 600).all()
+    first = boxes[0::2]  # per scale: anchor 0, anchor 1
+    assert (np.abs((first[:, 0] + first[:, 2]) / 2 - 530) <= 1).all()
+    assert (boxes[1::2, 0] == 0).all()  # pushed inside, not off the edge
+    assert anchored_candidates(900, 600, "1:1", np.zeros((0, 4)), grid).shape == (0, 4)

@@ -18,10 +18,10 @@ from PIL import Image
 from scipy.stats import spearmanr
 
 from s2cnet.candidates import candidates, canonical_ratio
-from s2cnet.cropper import DEFAULT_WEIGHTS, Cropper, native_bf16
+from s2cnet.cropper import DEFAULT_WEIGHTS, Cropper, kept_share, native_bf16
 from s2cnet.imageio import ImageLoadError, open_image
 from s2cnet.model import S2CNet, S2CNetConfig
-from s2cnet.proposals import SaliencyProposer
+from s2cnet.proposals import Proposals, SaliencyProposer
 from s2cnet.saliency import SaliencyHead
 from s2cnet.transforms import resize_shape
 
@@ -152,6 +152,7 @@ def test_bf16_scoring_keeps_the_ranking_and_fp32_readout(cropper: Cropper, cat: 
         pytest.skip("this CPU has no native bfloat16 matmul (AVX512-BF16/AMX): the Cropper never enables bf16")
     fp32, bf16 = Cropper(cropper.model, bf16=False), Cropper(cropper.model, bf16=True)
     boxes = np.concatenate([candidates(*cat.size), candidates(*cat.size, "1:1"), candidates(*cat.size, "16:9")])
+    boxes = np.unique(boxes, axis=0)  # a box offered for two ratios is one box
     objects = np.array([[100, 50, 250, 200], [300, 100, 420, 280]], np.float32)  # the graph path, not just RoI
     assert len(boxes) > 200
     s32, s16 = fp32.score(cat, boxes, objects), bf16.score(cat, boxes, objects)
@@ -345,3 +346,72 @@ def test_the_untrained_cropper_is_one_seeded_model(cat: Image.Image) -> None:
     boxes = candidates(*cat.size, "1:1", a.grid)
     np.testing.assert_array_equal(a.score(cat, boxes, objects=NO_OBJECTS), b.score(cat, boxes, objects=NO_OBJECTS))
     assert ModelSpec(weights="/nonexistent.pt").version() == Cropper.UNTRAINED_VERSION  # the resume key agrees
+
+
+# -- the explicit choice: faces first, losing counts cut and dropped, subject-centred candidates -------
+
+class KindsProposer:
+    """Fixed boxes with kinds, as the subject heads would report them (fractions of the photo)."""
+
+    shares_backbone = False
+
+    def __init__(self, boxes, kinds) -> None:
+        self.boxes, self.kinds = np.float32(boxes), tuple(kinds)
+
+    def prepare(self, image):
+        return None
+
+    def propose(self, image, prepared, maps) -> Proposals:
+        w, h = image.size
+        return Proposals(self.boxes * np.float32([w, h, w, h]), self.kinds)
+
+
+def test_a_face_some_candidate_keeps_is_never_cut_or_dropped(cropper: Cropper, cat: Image.Image) -> None:
+    # a small face in the bottom-left corner, a big "person" elsewhere; the scorer knows nothing of them
+    c = Cropper(cropper.model, proposer=KindsProposer([[0.03, 0.75, 0.12, 0.9], [0.4, 0.1, 0.9, 0.9]], ["face", "person"]))
+    ratios = ["1:1", "16:9", "9:16", "4:5", None]
+    analysis = c.analyse(cat, ratios)
+    face = analysis.objects[0]
+    assert analysis.object_kinds == ("face", "person")
+    for crop in analysis.crops:
+        boxes = analysis.candidates[crop.ratio]
+        keeps = kept_share(boxes, face[None])[:, 0] >= 0.9
+        assert keeps.any()  # control: some candidate keeps it
+        assert kept_share(np.array([crop.box]), face[None])[0, 0] >= 0.9, crop
+        assert crop.kept_faces == crop.faces == 1
+        assert tuple(int(round(v)) for v in face) not in crop.cut_objects + crop.dropped_objects
+    # without the face the scorer's favourite differs for at least one ratio: the rule did something
+    plain = Cropper(cropper.model, proposer=KindsProposer([[0.4, 0.1, 0.9, 0.9]], ["person"])).crop(cat, ratios)
+    assert [x.box for x in plain] != [x.box for x in analysis.crops]
+
+
+def test_losing_an_object_counts_whether_cut_or_dropped(cropper: Cropper, cat: Image.Image) -> None:
+    objs = np.float32([[20, 20, 120, 120], [300, 150, 420, 280]])
+    c = Cropper(cropper.model, proposer=None)
+    analysis = c.analyse(cat, ["16:9", "1:1", "9:16"], objects=objs)
+    for crop in analysis.crops:
+        boxes, s = analysis.candidates[crop.ratio], analysis.scores[crop.ratio]
+        kept = kept_share(boxes, objs)
+        keepable = (kept >= 0.9).any(0)
+        lost = ((kept < 0.9) & keepable).sum(1)
+        near = s >= s.max() - c.integrity_margin
+        j = [tuple(b) for b in boxes.tolist()].index(tuple(crop.box))
+        assert near[j] and lost[j] == lost[near].min()
+        assert s[j] == max(s[k] for k in np.flatnonzero(near & (lost == lost[j])))
+        kj = kept[j]
+        assert len(crop.dropped_objects) == int((kj <= 0.1).sum())
+        assert len(crop.cut_objects) == int(((kj > 0.1) & (kj < 0.9)).sum())
+
+
+def test_candidates_centred_on_the_subject_are_offered(cropper: Cropper) -> None:
+    image = Image.new("RGB", (900, 600), (120, 130, 140))
+    face = [0.55, 0.3, 0.62, 0.42]  # between the position grid's steps
+    c = Cropper(cropper.model, proposer=KindsProposer([face], ["face"]))
+    analysis = c.analyse(image, ["9:16"])
+    boxes = analysis.candidates["9:16"]
+    assert len(np.unique(boxes, axis=0)) == len(boxes)
+    grid = candidates(900, 600, "9:16", c.grid)
+    centre_x = (face[0] + face[2]) / 2 * 900
+    centred = boxes[np.abs((boxes[:, 0] + boxes[:, 2]) / 2 - centre_x) <= 1]
+    assert len(centred) >= c.grid.scales - 1
+    assert not (np.abs((grid[:, 0] + grid[:, 2]) / 2 - centre_x) <= 1).any()  # control: the grid had none

@@ -352,6 +352,7 @@ def test_free_ratio_canonical_ratios_and_cuts_in_crops_json(live):
     free, four_three = r.json()["crops"]
     assert free["ratio"] is None and four_three["ratio"] == "4:3"
     assert all(isinstance(c["cut_objects"], list) for c in (free, four_three))
+    assert all(isinstance(c["dropped_objects"], list) and c["kept_faces"] <= c["faces"] for c in (free, four_three))
 
 
 def test_openapi_describes_bodies_and_errors(live):
