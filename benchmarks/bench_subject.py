@@ -2,11 +2,13 @@
 
     python benchmarks/bench_subject.py --duts ../shared/data/duts --fcdb ../shared/data/fcdb --limit 300
 
-DUTS (human salient-object masks): per ratio, the share of crops that cut the salient object (keep
-25-95% of its mass), that drop it (keep under 25%), and the mean share of its mass kept. FCDB (our
-held-out photos, the crop a person drew): IoU and BDE of the free-ratio crop, and of the crop at the
-human crop's own ratio (nearest of the offered ratios). Mirror consistency: how often the crop of
-the mirrored photo is the mirror of the crop (within 2% of the side). Prints tables.
+DUTS (human salient-object masks; the photos no head trained on: the saliency head's 100
+validation photos and the subject heads' held-out ones, sorted by name): per ratio, the share of
+crops that cut the salient object (keep 25-95% of its mass), that drop it (keep under 25%), and
+the mean share of its mass kept. FCDB (our held-out photos, the crop a person drew): IoU and BDE
+of the free-ratio crop, and of the crop at the human crop's own ratio (nearest of the offered
+ratios). Mirror consistency: how often the crop of the mirrored photo is the mirror of the crop
+(within 2% of the side). Prints tables.
 """
 
 from __future__ import annotations
@@ -71,7 +73,11 @@ def methods(cropper):
 
 
 def duts_table(root: Path, limit: int, cropper) -> dict:
-    names = sorted(p.stem for p in (root / "images").glob("*.jpg"))[:limit]
+    from s2cnet.teacher_labels import heldout_ids
+
+    # photos no head was trained on: the saliency head's validation photos and the subject heads' held-out ones
+    held = {pid.split("/", 1)[1] for pid in heldout_ids(root.parent) if pid.startswith("duts/")}
+    names = sorted(p.stem for p in (root / "images").glob("*.jpg") if p.stem in held)[:limit]
     stats: dict = {}
     mirror: dict = {}
     for name in names:
@@ -120,13 +126,22 @@ def main() -> None:
     ap.add_argument("--fcdb", type=Path, default=Path("../shared/data/fcdb"))
     ap.add_argument("--limit", type=int, default=300, help="DUTS photos (FCDB: at most its 138 held-out ones)")
     ap.add_argument("--weights", type=Path, default=None)
+    ap.add_argument("--no-subject-heads", action="store_true",
+                    help="the proposer as it was before the subject heads: Haar faces and saliency regions")
     args = ap.parse_args()
     import torch
 
     torch.set_num_threads(1)
     from s2cnet import Cropper
+    from s2cnet.cropper import DEFAULT_WEIGHTS
 
     cropper = Cropper.from_pretrained(args.weights)
+    if args.no_subject_heads:
+        from s2cnet.checkpoint import load_checkpoint
+        from s2cnet.proposals import default_proposer
+
+        head = load_checkpoint(args.weights or DEFAULT_WEIGHTS)[1]["saliency_head"]
+        cropper = Cropper.from_pretrained(args.weights, proposer=default_proposer(head_state=head))
     t0 = time.perf_counter()
     duts = duts_table(args.duts, args.limit, cropper)
     print(f"\nDUTS: {duts['photos']} photos, human salient-object masks; model {cropper.model_version}\n")

@@ -415,3 +415,31 @@ def test_candidates_centred_on_the_subject_are_offered(cropper: Cropper) -> None
     centred = boxes[np.abs((boxes[:, 0] + boxes[:, 2]) / 2 - centre_x) <= 1]
     assert len(centred) >= c.grid.scales - 1
     assert not (np.abs((grid[:, 0] + grid[:, 2]) / 2 - centre_x) <= 1).any()  # control: the grid had none
+
+
+def test_batched_backbone_equals_photo_by_photo(cropper: Cropper, three_photos: list) -> None:
+    """crop_batch with several photos per backbone call (the GPU default) gives the per-photo results:
+    photos of two input sizes (two buckets), a proposer that reads the shared maps."""
+    torch.manual_seed(0)
+    from s2cnet.subject import SubjectHeads
+
+    heads = SubjectHeads(width=32, blocks=1).eval()
+    with torch.no_grad():
+        heads.masks.bias.fill_(0.5)
+    photos = three_photos + [three_photos[0].transpose(Image.Transpose.FLIP_LEFT_RIGHT)]
+    ratios = ["1:1", "16:9", None]
+    one = Cropper(cropper.model, proposer=SaliencyProposer(SaliencyHead().eval(), subject=heads), bf16=False)
+    many = Cropper(cropper.model, proposer=SaliencyProposer(SaliencyHead().eval(), subject=heads), bf16=False,
+                   backbone_batch=4)
+    many.proposer.net.load_state_dict(one.proposer.net.state_dict())
+    shapes = {tuple(resize_shape(*open_image(p).original_size, 256)) for p in photos}
+    assert 1 < len(shapes) < len(photos)  # control: several buckets, one of them with more than one photo
+    seq, bat = one.crop_batch(photos, ratios), many.crop_batch(photos, ratios)
+    assert [[c.box for c in r] for r in bat] == [[c.box for c in r] for r in seq]
+    for rb, rs in zip(bat, seq):
+        assert [c.score for c in rb] == pytest.approx([c.score for c in rs], abs=1e-4)
+    seen = []
+    real = many._backbone
+    many._backbone = lambda x: (seen.append(x.shape[0]), real(x))[1]
+    many.crop_batch(photos, ratios)
+    assert max(seen) > 1 and sum(seen) == len(photos)
