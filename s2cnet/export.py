@@ -3,6 +3,7 @@
     python -m s2cnet.export --checkpoint runs/s2cnet --saliency-head runs/saliency_head.pt \
         --out s2cnet/weights/s2cnet.pt
     python -m s2cnet.export --saliency runs/saliency.pt --out s2cnet/weights/saliency.pt
+    python -m s2cnet.export --into s2cnet/weights/s2cnet.pt --subject-heads runs/subject_heads.pt
 
 A run directory stands for whichever of its last epoch (last.pt) and its weight average (final.pt)
 scored the higher validation SRCC: the choice is made on the held-out photos, never on test.
@@ -43,6 +44,22 @@ def export_model(checkpoint: str | Path, out: str | Path, card: dict | None = No
     out.with_suffix(".json").write_text(json.dumps(info, indent=2))
 
 
+def attach_subject_heads(model_file: str | Path, heads: str | Path) -> None:
+    """Adds subject heads (``train_subject`` output, fitted on this file's backbone) to a shipped
+    model file in place, as fp16 ``{'config', 'state'}`` under ``subject_heads``, and records their
+    validation history in the card."""
+    model_file, heads = Path(model_file), Path(heads)
+    shipped = torch.load(model_file, map_location="cpu", weights_only=True)
+    trained = torch.load(heads, map_location="cpu", weights_only=False)
+    shipped["subject_heads"] = {"config": trained["config"], "state": half(trained["heads"])}
+    torch.save(shipped, model_file)
+    card_path = model_file.with_suffix(".json")
+    card = json.loads(card_path.read_text()) if card_path.exists() else {}
+    card["subject_heads"] = {"config": trained["config"], "history": trained.get("history", []),
+                             "training_command": trained.get("command")}
+    card_path.write_text(json.dumps(card, indent=2))
+
+
 def export_saliency(checkpoint: str | Path, out: str | Path) -> None:
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     out = Path(out)
@@ -55,11 +72,21 @@ def main(argv: list[str] | None = None) -> None:
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--checkpoint", type=Path, help="an S2CNet training checkpoint, or its run directory (see above)")
     src.add_argument("--saliency", type=Path, help="a DUTS saliency checkpoint")
+    src.add_argument("--into", type=Path, help="a shipped model file to add --subject-heads to, in place")
+    ap.add_argument("--subject-heads", type=Path, help="heads fitted by train_subject on that file's backbone (with --into)")
     ap.add_argument("--saliency-head", type=Path, help="a head fitted by saliency.py --backbone-from (with --checkpoint)")
-    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--out", type=Path)
     ap.add_argument("--command", help="the training command, recorded in the JSON card")
     ap.add_argument("--metrics", type=Path, help="an evaluate.py --json file, recorded in the JSON card")
     args = ap.parse_args(argv)
+    if args.into:
+        if args.subject_heads is None:
+            ap.error("--into needs --subject-heads")
+        attach_subject_heads(args.into, args.subject_heads)
+        print(f"added subject heads to {args.into} ({args.into.stat().st_size / 1e6:.1f} MB)")
+        return
+    if args.out is None:
+        ap.error("--out is required with --checkpoint or --saliency")
     if args.checkpoint:
         card = {}
         if args.command:

@@ -16,6 +16,7 @@ import argparse
 import json
 import math
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -294,8 +295,9 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(row), flush=True)
         torch.save({"heads": heads.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "epoch": epoch,
                     "history": history, "rng": rng.getstate()}, resume)
+        command = "python -m s2cnet.train_subject " + " ".join(argv if argv is not None else sys.argv[1:])
         torch.save({"heads": heads.state_dict(), "config": config, "history": history,
-                    "backbone_from": str(args.backbone_from)}, args.out)
+                    "backbone_from": str(args.backbone_from), "command": command}, args.out)
     print(f"saved {args.out}")
 
 

@@ -142,3 +142,29 @@ def test_decode_faces_keeps_the_strongest_peaks():
     boxes, scores = decode_faces(SubjectMaps(logits, box, torch.zeros(1, 2, 16, 16)), threshold=0.5)
     assert len(boxes) == 2 and scores[0] > scores[1]
     np.testing.assert_allclose(boxes[0], [4 * STRIDE - STRIDE, 3 * STRIDE - STRIDE, 4 * STRIDE + STRIDE, 3 * STRIDE + STRIDE])
+
+
+def test_attached_heads_ship_in_the_model_file_and_replace_the_cascade(tmp_path):
+    from s2cnet.checkpoint import half
+    from s2cnet.cropper import Cropper
+    from s2cnet.export import attach_subject_heads
+    from s2cnet.model import S2CNetConfig
+
+    torch.manual_seed(0)
+    model_file = tmp_path / "s2cnet.pt"
+    torch.save({"model": half(S2CNet().state_dict()), "config": S2CNetConfig().to_dict(),
+                "saliency_head": half(SaliencyHead().state_dict())}, model_file)
+    heads = SubjectHeads(width=32, blocks=2)
+    torch.save({"heads": heads.state_dict(), "config": {"width": 32, "blocks": 2}, "history": [{"epoch": 0}],
+                "command": "python -m s2cnet.train_subject --epochs 1"}, tmp_path / "heads.pt")
+    before = Cropper.from_pretrained(model_file)
+    assert before.proposer.subject is None and before.proposer.faces is not None
+    attach_subject_heads(model_file, tmp_path / "heads.pt")
+    after = Cropper.from_pretrained(model_file)
+    assert after.proposer.subject is not None and after.proposer.faces is None
+    assert after.model_version != before.model_version  # new proposals: resumed jobs redo their photos
+    state = torch.load(model_file, weights_only=True)["subject_heads"]["state"]
+    assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
+    image = astronaut().resize((320, 256))
+    analysis = after.analyse(image, ["1:1"])
+    assert len(analysis.object_kinds) == len(analysis.objects)
