@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--limit", type=int, default=None, help="held-out photos (default: all)")
     ap.add_argument("--threshold", type=float, default=None, help="face heatmap threshold (default: the proposer's)")
     ap.add_argument("--no-crops", action="store_true", help="skip the crop table (the slow part)")
+    ap.add_argument("--sweep", action="store_true",
+                    help="also print recall / precision (faces >= 5%%) per heatmap threshold")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     held, labels = heldout_ids(args.data), read_faces(args.labels)
@@ -106,6 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     backbone = heads_cropper.model.backbone
 
     heads_tally, haar_tally = Tally(), Tally()
+    sweep: list = []
     inter = union = 0.0
     person_ious: list[float] = []
     ms = {"backbone": [], "subject heads": [], "whole proposer (heads + saliency + NMS)": [], "Haar cascade": []}
@@ -131,6 +134,11 @@ def main(argv: list[str] | None = None) -> None:
         _, scores = decode_faces(raw, proposer.face_threshold)
         scale = np.float32([sx, sy, sx, sy])
         heads_tally.add(faces * scale, scores, truth, short)
+        if args.sweep:
+            low_boxes, low_scores = decode_faces(raw, 0.1)
+            h8, w8 = raw.face_logits.shape[-2:]
+            to_full = np.float32([loaded.original_size[0] / (w8 * 8), loaded.original_size[1] / (h8 * 8)] * 2)
+            sweep.append((low_boxes * to_full, low_scores, truth, short))
         t4 = time.perf_counter()
         cascade = haar(loaded.image)
         ms["Haar cascade"].append(time.perf_counter() - t4)
@@ -152,6 +160,15 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|---|")
     for (name, n, r, p), (_, _, hr, hp) in zip(heads_tally.rows(), haar_tally.rows()):
         print(f"| {name} | {n} | {r:.3f} | {p:.3f} | {hr:.3f} | {hp:.3f} |")
+    if args.sweep:
+        print("\n| threshold | recall (>= 5%) | precision (>= 5%) |\n|---|---|---|")
+        for t in (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6):
+            tally = Tally()
+            for boxes, scores, truth, short in sweep:
+                keep = scores >= t
+                tally.add(boxes[keep], scores[keep], truth, short)
+            _, _, r, p = tally.rows()[-1]
+            print(f"| {t:.2f} | {r:.3f} | {p:.3f} |")
     print(f"\nPerson mask against DeepLabV3: IoU {inter / max(union, 1):.3f} over all held-out photos; "
           f"mean per-photo IoU {np.mean(person_ious):.3f} over the {len(person_ious)} photos with people (> 1% of the photo)\n")
     print("| stage (one core) | ms per photo |")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import datetime
+import json
 import math
 import os
 import time
@@ -63,6 +64,19 @@ class ModelSpec:
 
         path = Path(self.weights) if self.weights else DEFAULT_WEIGHTS
         return weights_version(path) if path.exists() else Cropper.UNTRAINED_VERSION
+
+    def card(self) -> dict:
+        """The weight card (JSON beside the weights file) without its training history: what a
+        warehouse user needs to know which model made the rows."""
+        from s2cnet.cropper import DEFAULT_WEIGHTS
+
+        path = (Path(self.weights) if self.weights else DEFAULT_WEIGHTS).with_suffix(".json")
+        try:
+            card = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        keep = ("config", "init", "training_command", "test_metrics")
+        return {k: card[k] for k in keep if k in card} | {"subject_heads": bool(card.get("subject_heads"))}
 
     def build(self):
         from s2cnet.cropper import DEFAULT_WEIGHTS, Cropper
@@ -460,6 +474,12 @@ def connect_or_start(address: str | None) -> bool:
         return True
 
 
+def file_metadata(model: ModelSpec, ratios: list[str], run_id: str) -> dict[str, str]:
+    """Key-value metadata every Parquet file of a run carries (pyarrow: ``ParquetFile(f).schema_arrow.metadata``)."""
+    return {"ugc_crop.model_version": model.version(), "ugc_crop.ratios": ",".join(ratios),
+            "ugc_crop.run_id": run_id, "ugc_crop.model_card": json.dumps(model.card())}
+
+
 def work_blocks(work: list, rows_per_block: int) -> list[pa.Table]:
     table = pa.table({"key": [f.key for f, _ in work], "path": [f.path for f, _ in work],
                       "size": pa.array([f.size for f, _ in work], pa.int64()),
@@ -510,8 +530,9 @@ def run(cfg: JobConfig) -> Summary:
         # output as they are made (and survive a crash) instead of piling up until the map ends.
         write_args = {"num_cpus": 0, **({"runtime_env": runtime_env} if runtime_env else {})}
         with ProgressReporter(counter, len(work)) if counter is not None else contextlib.nullcontext():
-            ds.write_parquet(out.root, filesystem=out.filesystem(), schema=SCHEMA, ray_remote_args=write_args,
-                             min_rows_per_file=cfg.rows_per_file, concurrency=max(2, actors))
+            meta = file_metadata(spec.job.model, ratios, run_id)
+            ds.write_parquet(out.root, filesystem=out.filesystem(), schema=SCHEMA.with_metadata(meta),
+                             ray_remote_args=write_args, min_rows_per_file=cfg.rows_per_file, concurrency=max(2, actors))
     seconds = time.perf_counter() - start
     ok, failed, rows, missing, dups, errors = check(out, work, ratios)
     return Summary(listed=len(files), skipped=skipped, planned=len(work), ok=ok, failed=failed, rows=rows,

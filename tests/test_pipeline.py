@@ -176,6 +176,24 @@ def test_every_key_once_per_ratio_or_once_as_an_error(full_run, files):
     assert len(parquet_files(out, out.filesystem())) == 1  # files of >= rows_per_file rows, not one per block
 
 
+def test_every_file_says_which_model_and_run_made_it(full_run, bucket):
+    import pyarrow.parquet as pq
+
+    from pipelines.storage import parquet_files
+
+    cfg, summary, rows = full_run
+    out = Location(cfg.output, cfg.endpoint_url)
+    fs = out.filesystem()
+    for path in parquet_files(out, fs):
+        with fs.open_input_file(path) as f:
+            meta = {k.decode(): v.decode() for k, v in pq.ParquetFile(f).schema_arrow.metadata.items()
+                    if k.startswith(b"ugc_crop.")}
+        assert meta["ugc_crop.model_version"] == rows[0]["model_version"]
+        assert meta["ugc_crop.ratios"] == ",".join(normalize_ratios(cfg.ratios))
+        assert meta["ugc_crop.run_id"] == rows[0]["run_id"]
+        assert isinstance(json.loads(meta["ugc_crop.model_card"]), dict)
+
+
 def test_thumbnails_are_jpegs_named_by_key_and_ratio(full_run, bucket):
     cfg, _, rows = full_run
     fs, thumbs = bucket.filesystem(), Location(cfg.thumbnails)
