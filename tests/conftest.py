@@ -44,3 +44,43 @@ def local_s3(tmp_path_factory):
     store = start_local_s3(tmp_path_factory.mktemp("seaweedfs"))
     yield store
     store.stop()
+
+
+@pytest.fixture(scope="session")
+def live(ray_session, local_s3):
+    """serve.run of the real application on 127.0.0.1:<free port>, reading SeaweedFS."""
+    import time
+
+    import requests
+    from ray import serve
+    from serve_support import APP_NAME, BODY_LIMIT, BUCKET, MAX_PIXELS, PREFIX, encode, free_port, model_settings, photo
+
+    from serve.app import CropDeployment
+
+    local_s3.create_bucket(BUCKET)
+    s3 = local_s3.client()
+    objects = {"ugc/photo.jpg": encode(photo(1200, 900, seed=1)), "ugc/notes.jpg": b"just some text",
+               "ugc/broken.jpg": encode(photo(600, 400))[:3000], "private/secret.jpg": encode(photo(64, 64))}
+    for key, data in objects.items():
+        s3.put_object(Bucket=BUCKET, Key=key, Body=data)
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    settings = {**model_settings(), "bucket": BUCKET, "prefix": PREFIX, "endpoint_url": local_s3.endpoint_url,
+                "access_key": local_s3.access_key, "secret_key": local_s3.secret_key, "region": local_s3.region,
+                "max_body_bytes": BODY_LIMIT, "max_pixels": MAX_PIXELS, "thumbnail_widths": ""}
+    app = CropDeployment.options(ray_actor_options={"num_cpus": 0.5}).bind(settings)
+    serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:  # serve.run returns once the app is RUNNING; the proxy may need a moment more
+        try:
+            if requests.get(url + "/healthz", timeout=5).status_code == 200:
+                break
+        except requests.ConnectionError:
+            pass
+        assert time.monotonic() < deadline, "serve app did not come up"
+        time.sleep(0.5)
+    yield {"url": url, "port": port, "objects": objects}
+    serve.delete(APP_NAME)
+    serve.shutdown()

@@ -157,54 +157,6 @@ def test_same_stem_twice_does_not_overwrite(cropper, tmp_path, capsys):
     assert Path(files[1]).name.endswith("_2.jpg")
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["crop", "a.jpg", "--ratio", "16/9"], "W:H"),
-    (["crop", "a.jpg", "--debug"], "--debug needs --out"),
-    (["crop"], "INPUT"),
-])
-def test_usage_errors_exit_2(argv, message, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(argv, cropper=None)
-    assert info.value.code == 2 and message in capsys.readouterr().err
-
-
-def test_missing_or_bad_weights_exit_2(photos, tmp_path, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(["crop", str(photos["a"]), "--weights", str(tmp_path / "none.pt"), "--no-objects"])
-    assert info.value.code == 2 and "no such file" in capsys.readouterr().err
-    junk = tmp_path / "junk.pt"
-    junk.write_bytes(b"not a checkpoint at all")
-    assert main(["crop", str(photos["a"]), "--weights", str(junk), "--no-objects"]) == 2
-    err = capsys.readouterr().err
-    assert "is not an S2CNet checkpoint" in err and "Traceback" not in err and len(err.splitlines()) == 1
-
-
-@pytest.mark.parametrize("extra,message", [
-    (["--quality", "0"], "--quality must be 1..100"),
-    (["--quality", "101"], "--quality must be 1..100"),
-    (["--debug-size", "-1", "--out", "o"], "--debug-size must be"),
-    (["--width", "0", "--out", "o"], "--width must be"),
-    (["--width", "64"], "add --out"),
-    (["--width", "160", "--height", "90", "--ratio", "1:1", "--out", "o"], "ratio 16:9"),
-])
-def test_bad_options_are_usage_errors(photos, extra, message, capsys):
-    with pytest.raises(SystemExit) as info:
-        main(["crop", str(photos["a"]), *extra])
-    assert info.value.code == 2 and message in capsys.readouterr().err
-
-
-def test_fifo_and_unwritable_out_are_usage_errors(photos, tmp_path, capsys):
-    fifo = tmp_path / "pipe.jpg"
-    os.mkfifo(fifo)
-    with pytest.raises(SystemExit) as info:
-        main(["crop", str(fifo)])
-    assert info.value.code == 2 and "not a regular file" in capsys.readouterr().err
-    blocker = tmp_path / "file"
-    blocker.write_text("x")
-    assert main(["crop", str(photos["a"]), "--out", str(blocker / "sub")], cropper=None) == 2
-    assert "cannot create --out" in capsys.readouterr().err
-
-
 def test_folders_globs_comma_ratios_and_output_size(cropper, photos, tmp_path, capsys):
     out = tmp_path / "out"
     folder = photos["a"].parent

@@ -97,20 +97,6 @@ def test_plan_keeps_only_missing_pairs():
     assert [f.key for f, _ in work] == ["a", "d"]
 
 
-def test_plan_redoes_changed_photos_other_weights_and_transient_errors():
-    fs = [InputFile(k, k, 1, 5) for k in "abcdef"]
-    done = {"a": _rows("a", "1:1", source_size=2),  # replaced: another size
-            "b": _rows("b", "1:1", source_mtime_ns=9),  # replaced: same size, newer
-            "c": _rows("c", "1:1", model_version="m0"),  # made by other weights
-            "d": _rows("d", None, error_kind="read"),  # the store failed, not the photo
-            "e": _rows("e", "1:1", error_kind="thumbnail"),
-            "f": _rows("f", None, error_kind="corrupt")}  # the photo itself: done, unless --retry-errors
-    work, skipped, redo = plan(fs, done, ["1:1"], limit=None, model_version="m1")
-    assert [f.key for f, _ in work] == list("abcde") and redo == set("abcde") and skipped == 1
-    _, _, redo = plan(fs, done, ["1:1"], limit=None, model_version="m1", retry_errors=True)
-    assert redo == set("abcdef")
-
-
 def test_decode_gives_a_reason_per_kind_of_bad_upload(files):
     for key, (data, exp) in files.items():
         if isinstance(exp, tuple) and exp[0] == "error":
@@ -286,27 +272,6 @@ def test_script_copied_alone_runs_from_another_directory(ray_session, full_run, 
     assert "crop_bucket:" in proc.stdout and "complete" in proc.stdout
     got = rows_of(Location(str(tmp_path / "crops")))
     assert _comparable(got) == _comparable([r for r in rows if r["key"] in set(keys)])
-
-
-def test_startup_problems_are_one_line_exit_2_before_ray(tmp_path, local_s3, capsys):
-    from pipelines.crop_bucket import main as crop_bucket_main
-
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    Image.new("RGB", (64, 48), "white").save(photos / "a.jpg")
-    blocker = tmp_path / "file"
-    blocker.write_text("x")
-    cases = [
-        (["--input", str(photos), "--output", str(photos / "crops")], "overlaps --input"),
-        (["--input", str(photos), "--output", str(tmp_path / "out"), "--thumbnails", str(photos)], "overlaps --input"),
-        (["--input", str(photos), "--output", str(blocker / "out")], "cannot write to --output"),
-        (["--input", "s3://no-such-bucket-here/x/", "--output", "s3://no-such-bucket-here/y/",
-          "--endpoint-url", local_s3.endpoint_url], "cannot list --input"),
-    ]
-    for argv, message in cases:
-        assert crop_bucket_main([*argv, "--no-progress", "--untrained-ok"]) == 2, argv
-        err = capsys.readouterr().err.strip()
-        assert message in err and "Traceback" not in err and len(err.splitlines()) == 1, err
 
 
 def test_all_failing_input_exits_non_zero(ray_session, model, tmp_path, capsys):

@@ -22,68 +22,19 @@ import numpy as np
 import pytest
 import requests
 from PIL import Image
+from serve_support import BODY_LIMIT, BUCKET, MAX_PIXELS, PREFIX, encode, exact_ratio, photo
 
 from serve.errors import ServiceError
 from serve.objects import check_key
 from serve.service import CropService
 from serve.settings import Settings
 
-BUCKET, PREFIX = "photos", "ugc/"
-BODY_LIMIT = 2_000_000
-MAX_PIXELS = 20_000_000
-APP_NAME = "ugc-crop-test"
-
 
 # -- test images ---------------------------------------------------------------------------------------
-def photo(width: int = 1200, height: int = 900, seed: int = 0) -> Image.Image:
-    """A structured synthetic photo (gradients, a bright disc, a dark block) so crops differ."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    img = np.stack([x / width * 200, y / height * 200, (x + y) / (width + height) * 255], -1)
-    cx, cy = rng.uniform(0.2, 0.8) * width, rng.uniform(0.2, 0.8) * height
-    img[(x - cx) ** 2 + (y - cy) ** 2 < (0.12 * min(width, height)) ** 2] = (250, 240, 200)
-    img[int(0.6 * height):int(0.8 * height), int(0.1 * width):int(0.3 * width)] = (20, 30, 40)
-    return Image.fromarray(img.clip(0, 255).astype(np.uint8))
-
-
-def encode(image: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, fmt, **kw)
-    return buf.getvalue()
-
-
-def exact_ratio(box, ratio: str) -> bool:
-    a, b = (int(v) for v in ratio.split(":"))
-    return (box[2] - box[0]) * b == (box[3] - box[1]) * a
-
-
-def model_settings() -> dict:
-    """Committed weights when they exist (the user default), else the seeded untrained model."""
-    from s2cnet.cropper import DEFAULT_WEIGHTS
-    from s2cnet.proposals import SALIENCY_WEIGHTS
-
-    if DEFAULT_WEIGHTS.exists():
-        return {"weights": "", "proposals": SALIENCY_WEIGHTS.exists()}
-    return {"weights": "random", "proposals": False}
-
-
 # -- the plain service, no Ray ---------------------------------------------------------------------------
 @pytest.mark.parametrize("key", ["ugc/a.jpg", "ugc/2024/05/IMG_0001.JPG", "ugc/with space & ü.png"])
 def test_keys_under_the_prefix_pass(key):
     assert check_key(key, PREFIX) == key
-
-
-@pytest.mark.parametrize("key,reason", [
-    ("", "empty"), ("../etc/passwd", ".."), ("ugc/../private/x.jpg", ".."), ("ugc/a..b.jpg", ".."),
-    ("/etc/passwd", "absolute"), ("/ugc/a.jpg", "absolute"), ("s3://other/ugc/a.jpg", "absolute"),
-    ("C:/x", "absolute"), ("private/secret.jpg", "outside"), ("ugcx/a.jpg", "outside"), ("ugc", "outside"),
-    ("ugc//a.jpg", "empty path"), ("ugc/./a.jpg", "'.'"), ("ugc/a\x00.jpg", "control"), ("ugc\\..\\x", "backslash"),
-    ("ugc/" + "a" * 1100, "longer"),
-])
-def test_keys_outside_the_prefix_are_refused(key, reason):
-    with pytest.raises(ServiceError) as e:
-        check_key(key, PREFIX)
-    assert e.value.status == 400 and reason in e.value.reason
 
 
 def test_settings_args_beat_env_beat_defaults():
@@ -104,21 +55,6 @@ def service() -> CropService:
     settings = Settings.load({"bucket": BUCKET, "prefix": PREFIX, "max_body_bytes": BODY_LIMIT,
                               "max_pixels": MAX_PIXELS}, env={})
     return CropService(settings, cropper=Cropper(S2CNet(), proposer=None))
-
-
-def test_decode_sorts_bad_bytes_by_reason(service):
-    good = encode(photo(1200, 800))
-    loaded = service.decode(good)
-    assert loaded.original_size == (1200, 800) and min(loaded.image.size) < 800  # draft-mode decode
-    assert service.decode(good, full_size=True).image.size == (1200, 800)
-    cases = [(b"", 422, "empty"), (b"<html>not an image</html>", 415, "not an image"),
-             (b"%PDF-1.7 ...", 415, "PDF"), (good[: len(good) // 2], 422, "truncated"),
-             (good[:300], 422, "JPEG"), (encode(Image.new("1", (6000, 6000)), "PNG"), 413, "megapixels"),
-             (b"x" * (BODY_LIMIT + 1), 413, "limit")]
-    for data, status, reason in cases:
-        with pytest.raises(ServiceError) as e:
-            service.decode(data)
-        assert (e.value.status, reason in e.value.reason) == (status, True), e.value.reason
 
 
 def test_decode_applies_exif_orientation(service):
@@ -145,48 +81,6 @@ def test_one_bad_item_does_not_fail_its_batch(service):
 
 
 # -- the live endpoint -------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def live(ray_session, local_s3):
-    """serve.run of the real application on 127.0.0.1:<free port>, reading SeaweedFS."""
-    from ray import serve
-
-    from serve.app import CropDeployment
-
-    local_s3.create_bucket(BUCKET)
-    s3 = local_s3.client()
-    objects = {"ugc/photo.jpg": encode(photo(1200, 900, seed=1)), "ugc/notes.jpg": b"just some text",
-               "ugc/broken.jpg": encode(photo(600, 400))[:3000], "private/secret.jpg": encode(photo(64, 64))}
-    for key, data in objects.items():
-        s3.put_object(Bucket=BUCKET, Key=key, Body=data)
-
-    port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
-    settings = {**model_settings(), "bucket": BUCKET, "prefix": PREFIX, "endpoint_url": local_s3.endpoint_url,
-                "access_key": local_s3.access_key, "secret_key": local_s3.secret_key, "region": local_s3.region,
-                "max_body_bytes": BODY_LIMIT, "max_pixels": MAX_PIXELS, "thumbnail_widths": ""}
-    app = CropDeployment.options(ray_actor_options={"num_cpus": 0.5}).bind(settings)
-    serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while True:  # serve.run returns once the app is RUNNING; the proxy may need a moment more
-        try:
-            if requests.get(url + "/healthz", timeout=5).status_code == 200:
-                break
-        except requests.ConnectionError:
-            pass
-        assert time.monotonic() < deadline, "serve app did not come up"
-        time.sleep(0.5)
-    yield {"url": url, "port": port, "objects": objects}
-    serve.delete(APP_NAME)
-    serve.shutdown()
-
-
 def test_healthz(live):
     r = requests.get(live["url"] + "/healthz")
     assert r.status_code == 200 and r.json()["status"] == "ok" and r.json()["model_version"]
@@ -228,48 +122,6 @@ def test_crops_use_the_upright_image(live):
     assert x2 <= 600 and y2 <= 800
 
 
-def _chunks(total: int, size: int = 256 * 1024):
-    for _ in range(total // size):
-        yield b"\xff" * size
-
-
-@pytest.mark.parametrize("case,status,reason", [
-    ("text", 415, "not an image"), ("truncated", 422, "truncated"), ("empty", 422, "empty"),
-    ("too_big", 413, "limit"), ("too_big_chunked", 413, "limit"), ("bomb", 413, "pixels"),
-    ("bad_ratio", 422, "W:H"), ("zero_ratio", 422, "between 1 and 100"), ("too_many_ratios", 422, "at most"),
-    ("too_small_for_ratio", 422, "too small"), ("multipart_without_file", 422, "no file"),
-])
-def test_bad_crop_requests_are_refused_with_a_reason(live, case, status, reason):
-    good = encode(photo(320, 240))
-    url, params, kw = live["url"] + "/v1/crops", {"ratios": "1:1"}, {}
-    if case == "text":
-        kw["data"] = b"hello, I am not a JPEG"
-    elif case == "truncated":
-        kw["data"] = good[: len(good) // 2]
-    elif case == "empty":
-        kw["data"] = b""
-    elif case == "too_big":
-        kw["data"] = b"\xff" * (BODY_LIMIT + 1)
-    elif case == "too_big_chunked":  # no Content-Length: the limit must hold while streaming
-        kw["data"] = _chunks(3 * BODY_LIMIT)
-    elif case == "bomb":
-        kw["data"] = encode(Image.new("1", (6000, 6000)), "PNG")
-    elif case == "bad_ratio":
-        params["ratios"], kw["data"] = "16x9", good
-    elif case == "zero_ratio":
-        params["ratios"], kw["data"] = "0:1", good
-    elif case == "too_many_ratios":
-        params["ratios"], kw["data"] = ",".join(f"{i}:1" for i in range(1, 12)), good
-    elif case == "too_small_for_ratio":
-        params["ratios"], kw["data"] = "16:9", encode(Image.new("RGB", (12, 12)), "PNG")
-    elif case == "multipart_without_file":
-        kw["data"] = {"note": "hi"}
-        kw["files"] = {"unused": (None, "x")}
-    r = requests.post(url, params=params, **kw)
-    assert r.status_code == status, r.text
-    assert reason in r.json()["detail"]
-
-
 def _thumb(live, **params):
     return requests.get(live["url"] + "/v1/thumbnail", params={"key": "ugc/photo.jpg", "ratio": "16:9",
                                                                "width": 320, **params})
@@ -302,48 +154,6 @@ def test_thumbnail_webp_etag_and_304(live):
     cached = requests.get(live["url"] + "/v1/thumbnail", headers={"If-None-Match": r.headers["etag"]},
                           params={"key": "ugc/photo.jpg", "ratio": "16:9", "width": 200, "format": "webp"})
     assert cached.status_code == 304 and cached.headers["etag"] == r.headers["etag"] and not cached.content
-
-
-@pytest.mark.parametrize("params,status,reason", [
-    ({"key": "../ugc/photo.jpg"}, 400, ".."), ({"key": "ugc/../private/secret.jpg"}, 400, ".."),
-    ({"key": "/ugc/photo.jpg"}, 400, "absolute"), ({"key": "/etc/passwd"}, 400, "absolute"),
-    ({"key": "private/secret.jpg"}, 400, "outside"), ({"key": "s3://other-bucket/ugc/photo.jpg"}, 400, "absolute"),
-    ({"key": "ugc/missing.jpg"}, 404, "no object"), ({"key": "ugc/notes.jpg"}, 415, "not an image"),
-    ({"key": "ugc/broken.jpg"}, 422, "truncated"), ({"ratio": "wide"}, 422, "W:H"),
-    ({"format": "gif"}, 422, "format"), ({"width": 0}, 422, "pixels"), ({"width": 100000}, 422, "pixels"),
-])
-def test_bad_thumbnail_requests_are_refused_with_a_reason(live, params, status, reason):
-    r = _thumb(live, **params)
-    assert r.status_code == status, r.text
-    assert reason in r.json()["detail"]
-
-
-def test_missing_thumbnail_parameters_are_422(live):
-    r = requests.get(live["url"] + "/v1/thumbnail", params={"key": "ugc/photo.jpg"})
-    assert r.status_code == 422
-    assert isinstance(r.json()["detail"], str) and "ratio" in r.json()["detail"]  # the documented shape
-    bad = _thumb(live, width="wide")
-    assert bad.status_code == 422 and isinstance(bad.json()["detail"], str) and "width" in bad.json()["detail"]
-
-
-def test_huge_numbers_are_422_before_any_arithmetic(live):
-    r = _thumb(live, width="9" * 400)
-    assert r.status_code == 422 and "400-digit" in r.json()["detail"]
-    r = requests.post(live["url"] + "/v1/crops", params={"ratios": "1" * 60000 + ":1"}, data=encode(photo(64, 64)))
-    assert r.status_code == 422 and "characters" in r.json()["detail"] and "int" not in r.json()["detail"]
-
-
-def test_head_thumbnail_and_conditional_forms(live):
-    r = _thumb(live, width=240)
-    head = requests.head(live["url"] + "/v1/thumbnail", params={"key": "ugc/photo.jpg", "ratio": "16:9", "width": 240})
-    assert head.status_code == 200 and head.headers["etag"] == r.headers["etag"] and not head.content
-    assert head.headers["content-type"] == "image/jpeg"
-    for tag in ("*", "W/" + r.headers["etag"], f'"other", {r.headers["etag"]}'):
-        cached = requests.get(live["url"] + "/v1/thumbnail", headers={"If-None-Match": tag},
-                              params={"key": "ugc/photo.jpg", "ratio": "16:9", "width": 240})
-        assert cached.status_code == 304, tag
-    missing = requests.head(live["url"] + "/v1/thumbnail", params={"key": "ugc/missing.jpg", "ratio": "1:1", "width": 9})
-    assert missing.status_code == 404
 
 
 def test_free_ratio_canonical_ratios_and_cuts_in_crops_json(live):
@@ -511,101 +321,3 @@ def test_serve_numbers_have_one_home():
     assert deployment_options()["max_ongoing_requests"] == app["deployments"][0]["max_ongoing_requests"]
 
 
-@pytest.fixture()
-def blackhole():
-    """A TCP server on 127.0.0.1 that accepts connections and never answers: a hung object store."""
-    import threading
-
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(64)
-    held, stop = [], threading.Event()
-
-    def accept():
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except OSError:
-                continue
-
-    t = threading.Thread(target=accept, daemon=True)
-    t.start()
-    yield f"http://127.0.0.1:{server.getsockname()[1]}"
-    stop.set()
-    t.join()
-    for c in held:
-        c.close()
-    server.close()
-
-
-def test_a_store_that_never_answers_costs_seconds_and_not_crops(blackhole):
-    from fastapi.testclient import TestClient
-
-    from s2cnet.cropper import Cropper
-    from s2cnet.model import S2CNet
-    from serve.routes import build_app
-
-    settings = Settings.load({"bucket": BUCKET, "prefix": PREFIX, "endpoint_url": blackhole, "access_key": "a",
-                              "secret_key": "b", "store_deadline_s": 3.0}, env={})
-    service = CropService(settings, cropper=Cropper(S2CNet(), proposer=None))
-    with pytest.raises(ValueError, match="unreachable"):
-        service.check_store()  # the deployment refuses to start on it
-    client = TestClient(build_app(service))
-    with ThreadPoolExecutor(4) as pool:
-        t0 = time.monotonic()
-        stuck = [pool.submit(client.get, "/v1/thumbnail", params={"key": "ugc/a.jpg", "ratio": "1:1", "width": 64})
-                 for _ in range(4)]
-        crops = client.post("/v1/crops?ratios=1:1", content=encode(photo(320, 240)))
-        assert crops.status_code == 200 and time.monotonic() - t0 < 3.0  # uploads do not wait for the store
-        answers = [f.result(timeout=30) for f in stuck]
-    assert all(a.status_code == 504 for a in answers) and time.monotonic() - t0 < 10.0
-
-
-def test_store_configuration_is_checked_at_start(local_s3):
-    bad_url = CropService(Settings.load({"bucket": BUCKET, "endpoint_url": "not a url"}, env={}), cropper=object())
-    with pytest.raises(ValueError, match="http"):
-        bad_url.check_store()
-    missing = CropService(Settings.load({"bucket": "no-such-bucket", "endpoint_url": local_s3.endpoint_url,
-                                         "access_key": local_s3.access_key, "secret_key": local_s3.secret_key},
-                                        env={}), cropper=object())
-    with pytest.raises(ValueError, match="does not exist"):
-        missing.check_store()
-    no_bucket = CropService(Settings.load({}, env={}), cropper=object())
-    with pytest.raises(ServiceError) as bad_key:
-        no_bucket.check_key("../etc/passwd")
-    assert bad_key.value.status == 400  # the key is judged before the missing configuration (503)
-
-
-def test_stalled_uploads_neither_block_health_nor_crops(live):
-    """70 clients send headers and 3 bytes of a 100 kB body, then nothing (the attack that once held
-    every replica slot for minutes): health answers within a second, crops are served, and each
-    stalled upload gets a 408 once its body deadline passes."""
-    stalled = []
-    for _ in range(70):
-        s = socket.create_connection(("127.0.0.1", live["port"]), timeout=30)
-        s.sendall(b"POST /v1/crops HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
-                  b"Content-Length: 100000\r\n\r\n\xff\xd8\xff")
-        stalled.append(s)
-    try:
-        time.sleep(1.0)
-        t0 = time.monotonic()
-        health = requests.get(live["url"] + "/healthz", timeout=20)
-        assert health.status_code == 200 and time.monotonic() - t0 < 1.0
-        crops = requests.post(live["url"] + "/v1/crops?ratios=1:1", data=encode(photo(320, 240)), timeout=30)
-        assert crops.status_code == 200
-        answer = stalled[0].recv(200)
-        assert answer.startswith(b"HTTP/1.1 408"), answer
-    finally:
-        for s in stalled:
-            s.close()
-
-
-def test_thumbnail_widths_come_from_an_allow_list():
-    service = CropService(Settings.load({"thumbnail_widths": "320,640"}, env={}), cropper=object())
-    assert service.thumbnail_size("16:9", 320) == (320, 180)
-    with pytest.raises(ServiceError) as refused:
-        service.thumbnail_size("16:9", 321)
-    assert refused.value.status == 422 and "not offered" in refused.value.reason and "320, 640" in refused.value.reason
-    assert Settings.load({}, env={}).allowed_widths()[:3] == (64, 96, 128)  # the default is a list
-    assert Settings.load({"thumbnail_widths": ""}, env={}).allowed_widths() == ()
