@@ -65,10 +65,15 @@ def nearest_ratio(box, offered: list[str]) -> str:
     return min(offered, key=lambda s: abs(np.log(float(Fraction(*map(int, s.split(":")))) / r)))
 
 
+ONLY_UGC = False  # --only-ugc: skip the baselines (they do not change between ugc-crop variants)
+
+
 def methods(cropper):
     def ugc(image: Image.Image, ratio: str | None):
         return cropper.crop(image, None if ratio is None else [ratio])[0].box
 
+    if ONLY_UGC:
+        return {"ugc-crop": ugc}
     return {"ugc-crop": ugc, "smartcrop.py": smartcrop_box, "centre crop": lambda im, r: centre_crop(im.size, r)}
 
 
@@ -126,9 +131,12 @@ def main() -> None:
     ap.add_argument("--fcdb", type=Path, default=Path("../shared/data/fcdb"))
     ap.add_argument("--limit", type=int, default=300, help="DUTS photos (FCDB: at most its 138 held-out ones)")
     ap.add_argument("--weights", type=Path, default=None)
+    ap.add_argument("--only-ugc", action="store_true", help="only ugc-crop's rows (skip smartcrop.py and the centre crop)")
     ap.add_argument("--no-subject-heads", action="store_true",
                     help="the proposer as it was before the subject heads: Haar faces and saliency regions")
     args = ap.parse_args()
+    global ONLY_UGC
+    ONLY_UGC = args.only_ugc
     import torch
 
     torch.set_num_threads(1)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage
 from torch import nn
+from torchvision.ops import nms
 
 from s2cnet.backbone import FUSED_CHANNELS
 from s2cnet.checkpoint import widen
@@ -80,8 +81,11 @@ class Subjects:
     objects: np.ndarray  # [h, w] probability at stride 8
 
 
-def decode_faces(maps: SubjectMaps, threshold: float = 0.4, max_faces: int = 20) -> tuple[np.ndarray, np.ndarray]:
-    """Heatmap peaks (3x3 local maxima) at or above ``threshold`` -> (boxes [F, 4] in input pixels, scores)."""
+def decode_faces(maps: SubjectMaps, threshold: float = 0.4, max_faces: int = 20,
+                 overlap: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+    """Heatmap peaks (3x3 local maxima) at or above ``threshold`` -> (boxes [F, 4] in input pixels,
+    scores), most confident first. A big face can peak twice a few cells apart: boxes overlapping a
+    more confident one by more than ``overlap`` IoU are the same face."""
     heat = torch.sigmoid(maps.face_logits[0, 0].float())
     peaks = (heat == F.max_pool2d(heat[None, None], 3, 1, 1)[0, 0]) & (heat >= threshold)
     ys, xs = torch.nonzero(peaks, as_tuple=True)
@@ -93,7 +97,8 @@ def decode_faces(maps: SubjectMaps, threshold: float = 0.4, max_faces: int = 20)
     cy = (ys + box[1, ys, xs]) * STRIDE
     w, h = box[2, ys, xs].exp() * STRIDE, box[3, ys, xs].exp() * STRIDE
     boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
-    return boxes.cpu().numpy().astype(np.float32), scores.cpu().numpy().astype(np.float32)
+    keep = nms(boxes, scores, overlap)
+    return boxes[keep].cpu().numpy().astype(np.float32), scores[keep].cpu().numpy().astype(np.float32)
 
 
 def subjects(maps: SubjectMaps, face_threshold: float = 0.4) -> Subjects:
