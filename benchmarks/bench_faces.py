@@ -124,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
             maps = backbone.pyramid(x.contiguous(memory_format=torch.channels_last))
             t1 = time.perf_counter()
             raw = proposer.subject(maps.stride8, maps.fused)
-            faces, people, _ = proposer.subjects(loaded.image, maps)
+            sure, possible, _, _ = proposer.subjects(loaded.image, maps)
+            faces = np.concatenate([sure, possible])  # most confident first, as decode_faces orders them
             t2 = time.perf_counter()
             proposer.propose(loaded.image, np.zeros((0, 4), np.float32), maps)
             t3 = time.perf_counter()

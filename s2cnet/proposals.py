@@ -43,7 +43,9 @@ class Proposer(Protocol):
     def propose(self, image: Image.Image, prepared: Any, maps: BackboneMaps | None) -> np.ndarray | Proposals: ...
 
 
-FACE, PERSON, OBJECT, SALIENT = "face", "person", "object", "salient"  # what a proposed box is
+# What a proposed box is. The crop choice never cuts a FACE that some candidate keeps; a POSSIBLE_FACE
+# (the face head less sure) is protected like a person or an object, within the score margin.
+FACE, POSSIBLE_FACE, PERSON, OBJECT, SALIENT = "face", "possible face", "person", "object", "salient"
 
 
 class Proposals(NamedTuple):
@@ -121,12 +123,13 @@ class SaliencyProposer:
 
     def __init__(self, net: SaliencyNet | SaliencyHead, max_objects: int = 10, short_side: int = 160,
                  thresholds: tuple[float, ...] = (0.3, 0.5, 0.7), faces: FaceDetector | None = None,
-                 subject: SubjectHeads | None = None, face_threshold: float = 0.4) -> None:
+                 subject: SubjectHeads | None = None, face_threshold: float = 0.4, sure_face: float = 0.6) -> None:
         if subject is not None and not isinstance(net, SaliencyHead):
             raise ValueError("subject heads read the scorer's backbone: pair them with a SaliencyHead")
         self.net, self.max_objects, self.short_side = net, max_objects, short_side
         self.thresholds, self.faces = thresholds, faces
-        self.subject, self.face_threshold = subject, face_threshold
+        # faces from face_threshold are proposed; from sure_face on they are FACEs, below POSSIBLE_FACEs
+        self.subject, self.face_threshold, self.sure_face = subject, face_threshold, sure_face
 
     @property
     def shares_backbone(self) -> bool:
@@ -181,14 +184,16 @@ class SaliencyProposer:
         return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(mass, np.float32)
 
     @torch.no_grad()
-    def subjects(self, image: Image.Image, maps: BackboneMaps) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(faces, people, main objects) from the subject heads, boxes in ``image``'s pixels, each best first."""
+    def subjects(self, image: Image.Image, maps: BackboneMaps) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(sure faces, possible faces, people, main objects) from the subject heads, boxes in
+        ``image``'s pixels, each best first."""
         found = subjects(self.subject(maps.stride8, maps.fused), self.face_threshold)
         h8, w8 = found.person.shape
         scale = np.float32([image.width / (w8 * STRIDE), image.height / (h8 * STRIDE)] * 2)
         people = mask_regions(found.person)[0]
         objects = mask_regions(found.objects)[0]
-        return found.faces * scale, people * scale, objects * scale
+        sure = found.face_scores >= self.sure_face
+        return found.faces[sure] * scale, found.faces[~sure] * scale, people * scale, objects * scale
 
     def propose(self, image: Image.Image, prepared: np.ndarray, maps: BackboneMaps | None) -> Proposals:
         return self.proposals(image, maps=maps, faces=prepared)  # the Cropper passes maps only when shares_backbone
@@ -203,14 +208,15 @@ class SaliencyProposer:
         """Boxes and what each one is, faces first."""
         boxes, mass = self.boxes_from_map(self.saliency_map(image, maps), image.width, image.height)
         faces = self.prepare(image) if faces is None else faces
-        tiers = [np.zeros((0, 4), np.float32)] * 3  # faces, people, main objects: a cut-off head is the worst failure
+        # faces, possible faces, people, main objects: a cut-off head is the worst failure
+        tiers = [np.zeros((0, 4), np.float32)] * 4
         if self.subject is not None:
             tiers = list(self.subjects(image, maps))
         tiers[0] = np.concatenate([np.asarray(faces, np.float32).reshape(-1, 4), tiers[0]])
         # each tier ranks above everything after it; within a tier the given order holds
         top = mass.max(initial=1.0) + 1
         ranked, ranks, kinds = [boxes], [mass], [SALIENT] * len(boxes)
-        for level, (tier, kind) in enumerate(zip(reversed(tiers), (OBJECT, PERSON, FACE)), start=1):
+        for level, (tier, kind) in enumerate(zip(reversed(tiers), (OBJECT, PERSON, POSSIBLE_FACE, FACE)), start=1):
             ranked.append(tier)
             ranks.append(top * level + 1 - np.arange(len(tier), dtype=np.float32) / (len(tier) + 1))
             kinds = [kind] * len(tier) + kinds

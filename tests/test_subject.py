@@ -108,8 +108,12 @@ def test_proposer_with_subject_heads_puts_faces_then_people_first():
     image = astronaut().resize((384, 256))
     with torch.no_grad():
         maps = S2CNet().eval().backbone.pyramid(model_input(image, image.size)[0])
-    faces, people, objects = proposer.subjects(image, maps)
-    assert len(faces) and len(people)
+    faces, possible, people, objects = proposer.subjects(image, maps)
+    assert len(faces) and len(people) and len(possible) == 0  # the calibrated head is sure of its faces
+    roomy = SaliencyProposer(proposer.net, max_objects=100, subject=proposer.subject)
+    kinds = roomy.proposals(image, maps).kinds
+    assert kinds[0] == "face" and "person" in kinds
+    assert kinds.index("person") > max(i for i, k in enumerate(kinds) if k == "face")  # tiers in order
     boxes = proposer(image, maps=maps)
     assert 1 <= len(boxes) <= 10
     assert (boxes >= 0).all() and (boxes[:, [0, 2]] <= 384).all() and (boxes[:, [1, 3]] <= 256).all()
@@ -168,3 +172,14 @@ def test_attached_heads_ship_in_the_model_file_and_replace_the_cascade(tmp_path)
     image = astronaut().resize((320, 256))
     analysis = after.analyse(image, ["1:1"])
     assert len(analysis.object_kinds) == len(analysis.objects)
+
+
+def test_unsure_faces_are_possible_faces_ranked_after_sure_ones():
+    torch.manual_seed(0)
+    heads = _calibrated(SubjectHeads())
+    image = astronaut().resize((384, 256))
+    with torch.no_grad():
+        maps = S2CNet().eval().backbone.pyramid(model_input(image, image.size)[0])
+    every = SaliencyProposer(SaliencyHead().eval(), subject=heads, face_threshold=0.0, sure_face=2.0)  # nothing is sure
+    kinds = every.proposals(image, maps).kinds
+    assert "face" not in kinds and kinds[0] == "possible face"
