@@ -4,7 +4,8 @@ proposals cost, and whether the chosen crops keep faces whole.
     python benchmarks/bench_faces.py --data ../shared/data --labels runs/teachers
 
 On the held-out photos (``s2cnet.teacher_labels.heldout_ids``: GAICD test, FCDB and DUTS validation,
-one in ten of the rest), against YuNet's labels (score >= 0.6; its unsure rows are "don't care"):
+one in ten of the rest) after the first 300 (training's validation photos, where the face thresholds
+were chosen; ``--skip 0 --limit 300`` shows those), against YuNet's labels (score >= 0.6; its unsure rows are "don't care"):
 face recall and precision per face size (the longer box side over the photo's short side), for
 the heads and for the cascade; person-mask IoU against DeepLabV3; time per photo on one core; and,
 on the held-out photos with a face of at least 5%, the share of those faces that the chosen crop
@@ -86,7 +87,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
     ap.add_argument("--labels", type=Path, default=Path("runs/teachers"))
     ap.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
-    ap.add_argument("--limit", type=int, default=None, help="held-out photos (default: all)")
+    ap.add_argument("--skip", type=int, default=300,
+                    help="leave out the first N held-out photos (training's validation; the face thresholds were chosen there)")
+    ap.add_argument("--limit", type=int, default=None, help="held-out photos after --skip (default: all)")
     ap.add_argument("--threshold", type=float, default=None, help="face heatmap threshold (default: the proposer's)")
     ap.add_argument("--no-crops", action="store_true", help="skip the crop table (the slow part)")
     ap.add_argument("--sweep", action="store_true",
@@ -94,7 +97,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     held, labels = heldout_ids(args.data), read_faces(args.labels)
-    photos = [(pid, p) for pid, p in photo_list(args.data) if pid in held and pid in labels][: args.limit]
+    photos = [(pid, p) for pid, p in photo_list(args.data) if pid in held and pid in labels][args.skip :]
+    photos = photos[: args.limit]
 
     heads_cropper = Cropper.from_pretrained(args.weights, bf16=False)
     proposer = heads_cropper.proposer

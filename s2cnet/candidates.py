@@ -24,7 +24,7 @@ class GridConfig:
     min_area: float = 0.5  # minimum crop area as a share of the photo (fixed ratio: of the largest crop)
     max_aspect: float = 2.0  # free ratio: aspect ratio limits [1/max_aspect, max_aspect]
     scales: int = 4  # fixed ratio: sizes from the largest fitting crop down to sqrt(min_area) of it
-    positions: int = 5  # fixed ratio: positions per free axis (an odd count includes the centred crop)
+    positions: int = 4  # fixed ratio: positions per free axis (subject-centred crops are added beside them)
 
 
 def parse_ratio(ratio: str) -> tuple[int, int]:

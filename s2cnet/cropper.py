@@ -359,14 +359,12 @@ def cut_matrix(crops: np.ndarray, objects: np.ndarray, keep_whole: float = KEEP_
 
 
 def subject_anchors(objs: np.ndarray, kinds: tuple[str, ...], protected: int) -> np.ndarray:
-    """Boxes to centre extra candidates on: each face, the union of the faces, the first person,
-    the first object, and the union of the protected objects."""
+    """At most three boxes to centre extra candidates on (each costs one candidate per scale and
+    ratio): the faces (their union), the first other protected box, and the union of all of them."""
     faces = objs[[k == FACE for k in kinds]] if len(objs) else objs
     others = objs[[k != FACE for k in kinds]][:protected] if len(objs) else objs
     union = lambda b: np.concatenate([b[:, :2].min(0), b[:, 2:].max(0)])[None]  # noqa: E731
-    out = [faces[:3]]
-    if len(faces) > 1:
-        out.append(union(faces))
+    out = [union(faces)] if len(faces) else []
     if len(others):
         out += [others[:1], union(np.concatenate([faces, others]))]
     return np.concatenate(out).reshape(-1, 4) if out else np.zeros((0, 4), np.float32)
