@@ -3,8 +3,9 @@
     python benchmarks/bench_crop.py --data ../shared/data/gaicd --limit 200
 
 Both run in one process on this machine's cores; photos are decoded from their files each time.
-The Cropper uses two threads: torch (``--threads``, default 1) and its face-detection worker, which
-finds the next photo's faces while this one's backbone and scoring run.
+The Cropper computes on torch's threads (``--threads``, default 1): the shipped proposer's heads
+(faces, people, objects, saliency) read the scorer's own backbone pass. Only a proposer with an
+image-only stage (the Haar cascade, for weights without subject heads) uses a second thread.
 """
 
 from __future__ import annotations
@@ -60,10 +61,11 @@ def main() -> None:
     theirs = len(paths) / (time.perf_counter() - t0)
 
     proposer = cropper.proposer
-    kind = ("saliency head on the S2CNet backbone" if getattr(proposer, "shares_backbone", False)
-            else type(proposer).__name__ if proposer is not None else "none")
+    shared = getattr(proposer, "shares_backbone", False)
+    heads = "subject and saliency heads" if getattr(proposer, "subject", None) is not None else "saliency head + Haar faces"
+    kind = f"{heads} on the S2CNet backbone" if shared else type(proposer).__name__ if proposer is not None else "none"
     print(f"\n{len(paths)} GAICD test photos (1024 px long side), ratios {','.join(RATIOS)}, "
-          f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()} + face worker, "
+          f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
           f"bf16 graph head {cropper.bf16}, proposals: {kind}, model {cropper.model_version}\n")
     print("| method | images/s |\n|---|---|")
     print(f"| ugc-crop Cropper.crop_batch (proposals + S2CNet) | {ours:.1f} |")

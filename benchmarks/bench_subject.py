@@ -77,12 +77,15 @@ def methods(cropper):
     return {"ugc-crop": ugc, "smartcrop.py": smartcrop_box, "centre crop": lambda im, r: centre_crop(im.size, r)}
 
 
+DUTS_SET = "heldout"  # --duts-set first: the first photos by name, as this benchmark read them before
+
+
 def duts_table(root: Path, limit: int, cropper) -> dict:
     from s2cnet.teacher_labels import heldout_ids
 
     # photos no head was trained on: the saliency head's validation photos and the subject heads' held-out ones
     held = {pid.split("/", 1)[1] for pid in heldout_ids(root.parent) if pid.startswith("duts/")}
-    names = sorted(p.stem for p in (root / "images").glob("*.jpg") if p.stem in held)[:limit]
+    names = sorted(p.stem for p in (root / "images").glob("*.jpg") if DUTS_SET == "first" or p.stem in held)[:limit]
     stats: dict = {}
     mirror: dict = {}
     for name in names:
@@ -131,12 +134,14 @@ def main() -> None:
     ap.add_argument("--fcdb", type=Path, default=Path("../shared/data/fcdb"))
     ap.add_argument("--limit", type=int, default=300, help="DUTS photos (FCDB: at most its 138 held-out ones)")
     ap.add_argument("--weights", type=Path, default=None)
+    ap.add_argument("--duts-set", choices=["heldout", "first"], default="heldout",
+                    help="first: the first DUTS photos by name (most of them trained the saliency head), as before")
     ap.add_argument("--only-ugc", action="store_true", help="only ugc-crop's rows (skip smartcrop.py and the centre crop)")
     ap.add_argument("--no-subject-heads", action="store_true",
                     help="the proposer as it was before the subject heads: Haar faces and saliency regions")
     args = ap.parse_args()
-    global ONLY_UGC
-    ONLY_UGC = args.only_ugc
+    global ONLY_UGC, DUTS_SET
+    ONLY_UGC, DUTS_SET = args.only_ugc, args.duts_set
     import torch
 
     torch.set_num_threads(1)
