@@ -132,6 +132,8 @@ class JobConfig:
     max_bytes: int = _opt(DEFAULT_MAX_BYTES, "larger objects become error rows without being read")
     block_photos: int = _opt(64, "photos per Ray Data block (per map task), at most")
     rows_per_file: int = _opt(5000, "rows per Parquet file, at least (the last file of a run may hold fewer)")
+    partition_by_date: bool = _opt(False, "write each run's files under processed_date=YYYY-MM-DD/ (Hive style: "
+                                          "pyarrow, DuckDB and Spark read the date as a column and can prune by it)")
     progress: bool = _opt(True, "no progress bars", flag="--no-progress")
     ray_address: str | None = _opt(None, "Ray cluster address (default: $RAY_ADDRESS, a running local cluster, or new)",
                                    flag="--address")
@@ -504,7 +506,10 @@ def run(cfg: JobConfig) -> Summary:
     work, skipped, redo = plan(files, done, ratios, cfg.limit, cfg.model.version(), cfg.retry_errors)
     if redo:  # their old rows go first: a crash now leaves them missing (redone next time), never doubled
         drop_keys(out, redo)
-    run_id = f"{datetime.datetime.now(datetime.UTC):%Y%m%dT%H%M%SZ}-{os.getpid()}"
+    now = datetime.datetime.now(datetime.UTC)
+    run_id = f"{now:%Y%m%dT%H%M%SZ}-{os.getpid()}"
+    # every reader of the output (resume, check, drop_keys) lists it recursively, so a partition folder changes nothing else
+    target = f"{out.root.rstrip('/')}/processed_date={now:%Y-%m-%d}" if cfg.partition_by_date else out.root
     started_here = False
     if work and not ray.is_initialized():
         started_here = connect_or_start(cfg.ray_address)
@@ -531,7 +536,7 @@ def run(cfg: JobConfig) -> Summary:
         write_args = {"num_cpus": 0, **({"runtime_env": runtime_env} if runtime_env else {})}
         with ProgressReporter(counter, len(work)) if counter is not None else contextlib.nullcontext():
             meta = file_metadata(spec.job.model, ratios, run_id)
-            ds.write_parquet(out.root, filesystem=out.filesystem(), schema=SCHEMA.with_metadata(meta),
+            ds.write_parquet(target, filesystem=out.filesystem(), schema=SCHEMA.with_metadata(meta),
                              ray_remote_args=write_args, min_rows_per_file=cfg.rows_per_file, concurrency=max(2, actors))
     seconds = time.perf_counter() - start
     ok, failed, rows, missing, dups, errors = check(out, work, ratios)

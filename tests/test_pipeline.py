@@ -240,6 +240,28 @@ def _with(cfg: JobConfig, **kw) -> JobConfig:
     return cfg
 
 
+def test_date_partitioned_output_reads_back_and_resumes(ray_session, bucket, model):
+    import datetime
+
+    import pyarrow.dataset as pads
+
+    from pipelines.storage import parquet_files
+
+    cfg = _with(job(bucket, "parted", model, limit=4), ratios=["1:1"], partition_by_date=True)
+    first = run(cfg)
+    assert first.ok + first.failed == 4
+    out = Location(cfg.output, cfg.endpoint_url)
+    fs = out.filesystem()
+    day = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
+    files = parquet_files(out, fs)
+    assert files and all(f"/processed_date={day}/" in f for f in files), files
+    table = pads.dataset(out.root, filesystem=fs, format="parquet", partitioning="hive").to_table()
+    assert {str(d) for d in table.column("processed_date").to_pylist()} == {day}
+    assert table.num_rows == len(rows_of(out)) == first.rows
+    again = run(_with(cfg, resume=True, limit=None))
+    assert again.skipped == 4 and again.missing == [] and again.duplicates == 0  # the partition is found on resume
+
+
 def _comparable(rows: list[dict]) -> list[tuple]:
     return [(r["key"], r["ratio"], r["width"], r["height"], r["x1"], r["y1"], r["x2"], r["y2"],
              None if r["score"] is None else round(r["score"], 4), r["error"]) for r in rows]
