@@ -30,10 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_subject import centre_crop, smartcrop_box  # noqa: E402
 
 from s2cnet.checkpoint import load_checkpoint  # noqa: E402
-from s2cnet.cropper import DEFAULT_WEIGHTS, Cropper  # noqa: E402
+from s2cnet.cropper import DEFAULT_WEIGHTS, Cropper, kept_share  # noqa: E402
 from s2cnet.imageio import open_image  # noqa: E402
 from s2cnet.proposals import FaceDetector, default_proposer  # noqa: E402
-from s2cnet.subject import PERSON, decode_faces  # noqa: E402
+from s2cnet.subject import PERSON, decode_faces, mask_regions, subjects  # noqa: E402
 from s2cnet.teacher_labels import heldout_ids, photo_list  # noqa: E402
 from s2cnet.train_subject import FACE_SCORE, MIN_FACE, PERSON_CLASS, assign_faces, face_boxes, face_size, read_faces  # noqa: E402
 from s2cnet.transforms import model_input  # noqa: E402
@@ -73,13 +73,6 @@ class Tally:
     def rows(self) -> list[tuple[str, int, float, float]]:
         return [(bucket_name(*BUCKETS[b]), int(self.faces[b]), self.found[b] / max(self.faces[b], 1),
                  self.tp[b] / max(self.tp[b] + self.fp[b], 1)) for b in range(len(BUCKETS))]
-
-
-def kept_share(box, faces: np.ndarray) -> np.ndarray:
-    x1, y1, x2, y2 = box
-    iw = (np.minimum(faces[:, 2], x2) - np.maximum(faces[:, 0], x1)).clip(min=0)
-    ih = (np.minimum(faces[:, 3], y2) - np.maximum(faces[:, 1], y1)).clip(min=0)
-    return iw * ih / ((faces[:, 2] - faces[:, 0]) * (faces[:, 3] - faces[:, 1])).clip(min=1e-6)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -127,27 +120,26 @@ def main(argv: list[str] | None = None) -> None:
             t0 = time.perf_counter()
             maps = backbone.pyramid(x.contiguous(memory_format=torch.channels_last))
             t1 = time.perf_counter()
+            # what proposer.subjects does, once: the heads, their face decoding and the mask regions
             raw = proposer.subject(maps.stride8, maps.fused)
-            sure, possible, _, _ = proposer.subjects(loaded.image, maps)
-            faces = np.concatenate([sure, possible])  # most confident first, as decode_faces orders them
+            found = subjects(raw, proposer.face_threshold)
+            mask_regions(found.person), mask_regions(found.objects)
             t2 = time.perf_counter()
             proposer.propose(loaded.image, np.zeros((0, 4), np.float32), maps)
             t3 = time.perf_counter()
         ms["backbone"].append(t1 - t0)
         ms["subject heads"].append(t2 - t1)
         ms["whole proposer (heads + saliency + NMS)"].append(t3 - t2)
-        _, scores = decode_faces(raw, proposer.face_threshold)
-        scale = np.float32([sx, sy, sx, sy])
-        heads_tally.add(faces * scale, scores, truth, short)
+        h8, w8 = raw.face_logits.shape[-2:]  # model-input pixels -> full-size ones
+        to_full = np.float32([loaded.original_size[0] / (w8 * 8), loaded.original_size[1] / (h8 * 8)] * 2)
+        heads_tally.add(found.faces * to_full, found.face_scores, truth, short)
         if args.sweep:
             low_boxes, low_scores = decode_faces(raw, 0.1)
-            h8, w8 = raw.face_logits.shape[-2:]
-            to_full = np.float32([loaded.original_size[0] / (w8 * 8), loaded.original_size[1] / (h8 * 8)] * 2)
             sweep.append((low_boxes * to_full, low_scores, truth, short))
         t4 = time.perf_counter()
         cascade = haar(loaded.image)
         ms["Haar cascade"].append(time.perf_counter() - t4)
-        haar_tally.add(cascade * scale, np.ones(len(cascade), np.float32), truth, short)
+        haar_tally.add(cascade * np.float32([sx, sy, sx, sy]), np.ones(len(cascade), np.float32), truth, short)
         # person mask against DeepLab, at stride 8 of the model input
         person = torch.sigmoid(raw.mask_logits[0, PERSON]).numpy() >= 0.5
         teacher = Image.open(args.labels / "masks" / f"{pid}.png").resize(person.shape[::-1], Image.NEAREST)
@@ -193,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
         total += len(faces)
         for m, fn in methods.items():
             for r in RATIOS:
-                kept = kept_share(fn(image, r), faces)
+                kept = kept_share(np.array([fn(image, r)]), faces)[0]
                 cut[m][r][0] += int(((kept > 0.1) & (kept < 0.9)).sum())
                 cut[m][r][1] += int((kept <= 0.1).sum())
     print(f"\n## Faces cut / dropped by the chosen crop: {total} faces (>= 5% of the short side) in {len(with_faces)} photos\n")

@@ -65,34 +65,30 @@ def nearest_ratio(box, offered: list[str]) -> str:
     return min(offered, key=lambda s: abs(np.log(float(Fraction(*map(int, s.split(":")))) / r)))
 
 
-ONLY_UGC = False  # --only-ugc: skip the baselines (they do not change between ugc-crop variants)
-
-
-def methods(cropper):
+def methods(cropper, only_ugc: bool = False):
+    """ugc-crop, and unless ``only_ugc`` the baselines (they do not change between ugc-crop variants)."""
     def ugc(image: Image.Image, ratio: str | None):
         return cropper.crop(image, None if ratio is None else [ratio])[0].box
 
-    if ONLY_UGC:
+    if only_ugc:
         return {"ugc-crop": ugc}
     return {"ugc-crop": ugc, "smartcrop.py": smartcrop_box, "centre crop": lambda im, r: centre_crop(im.size, r)}
 
 
-DUTS_SET = "heldout"  # --duts-set first: the first photos by name, as this benchmark read them before
-
-
-def duts_table(root: Path, limit: int, cropper) -> dict:
+def duts_table(root: Path, limit: int, cropper, only_ugc: bool = False, first: bool = False) -> dict:
+    """``first``: the first photos by name, as this benchmark read them before, instead of the held-out ones."""
     from s2cnet.teacher_labels import heldout_ids
 
     # photos no head was trained on: the saliency head's validation photos and the subject heads' held-out ones
     held = {pid.split("/", 1)[1] for pid in heldout_ids(root.parent) if pid.startswith("duts/")}
-    names = sorted(p.stem for p in (root / "images").glob("*.jpg") if DUTS_SET == "first" or p.stem in held)[:limit]
+    names = sorted(p.stem for p in (root / "images").glob("*.jpg") if first or p.stem in held)[:limit]
     stats: dict = {}
     mirror: dict = {}
     for name in names:
         image = Image.open(root / "images" / f"{name}.jpg").convert("RGB")
         mask = np.asarray(Image.open(root / "masks" / f"{name}.png").convert("L")) > 127
         flipped = ImageOps.mirror(image)
-        for method, fn in methods(cropper).items():
+        for method, fn in methods(cropper, only_ugc).items():
             for ratio in [*RATIOS, None]:
                 box = fn(image, ratio)
                 k = mass_kept(mask, box)
@@ -109,7 +105,7 @@ def duts_table(root: Path, limit: int, cropper) -> dict:
     return {"stats": stats, "mirror": mirror, "photos": len(names)}
 
 
-def fcdb_table(root: Path, limit: int, cropper) -> dict:
+def fcdb_table(root: Path, limit: int, cropper, only_ugc: bool = False) -> dict:
     from s2cnet.fcdb import split_fcdb
 
     crops = json.loads((root / "crops.json").read_text())
@@ -119,7 +115,7 @@ def fcdb_table(root: Path, limit: int, cropper) -> dict:
         image = Image.open(root / "images" / name).convert("RGB")
         human = crops[name]
         at_ratio = nearest_ratio(human, ["1:1", "4:3", "3:4", "16:9", "9:16", "3:2", "2:3"])
-        for method, fn in methods(cropper).items():
+        for method, fn in methods(cropper, only_ugc).items():
             for key, ratio in ((FREE, None), ("human's ratio", at_ratio)):
                 box = fn(image, ratio)
                 r = out.setdefault((method, key), {"iou": [], "bde": []})
@@ -140,23 +136,21 @@ def main() -> None:
     ap.add_argument("--no-subject-heads", action="store_true",
                     help="the proposer as it was before the subject heads: Haar faces and saliency regions")
     args = ap.parse_args()
-    global ONLY_UGC, DUTS_SET
-    ONLY_UGC, DUTS_SET = args.only_ugc, args.duts_set
     import torch
 
     torch.set_num_threads(1)
     from s2cnet import Cropper
     from s2cnet.cropper import DEFAULT_WEIGHTS
 
-    cropper = Cropper.from_pretrained(args.weights)
+    proposer = "default"
     if args.no_subject_heads:
         from s2cnet.checkpoint import load_checkpoint
         from s2cnet.proposals import default_proposer
 
-        head = load_checkpoint(args.weights or DEFAULT_WEIGHTS)[1]["saliency_head"]
-        cropper = Cropper.from_pretrained(args.weights, proposer=default_proposer(head_state=head))
+        proposer = default_proposer(head_state=load_checkpoint(args.weights or DEFAULT_WEIGHTS)[1]["saliency_head"])
+    cropper = Cropper.from_pretrained(args.weights, proposer=proposer)
     t0 = time.perf_counter()
-    duts = duts_table(args.duts, args.limit, cropper)
+    duts = duts_table(args.duts, args.limit, cropper, args.only_ugc, first=args.duts_set == "first")
     print(f"\nDUTS: {duts['photos']} photos, human salient-object masks; model {cropper.model_version}\n")
     print("| method | ratio | cut (25-95% kept) | dropped (<25% kept) | cut or dropped | mass kept | mirror-consistent |")
     print("|---|---|---|---|---|---|---|")
@@ -165,7 +159,7 @@ def main() -> None:
         mc = f"{100 * m[0] / m[1]:.0f}%" if m else "(always)"
         print(f"| {method} | {ratio} | {100 * s['cut'] / s['n']:.1f}% | {100 * s['dropped'] / s['n']:.1f}% | "
               f"{100 * (s['cut'] + s['dropped']) / s['n']:.1f}% | {np.mean(s['kept']):.3f} | {mc} |")
-    fcdb = fcdb_table(args.fcdb, args.limit, cropper)
+    fcdb = fcdb_table(args.fcdb, args.limit, cropper, args.only_ugc)
     print(f"\nFCDB held-out: {fcdb['photos']} photos, the crop a person drew\n")
     print("| method | crop | IoU | BDE |\n|---|---|---|---|")
     for (method, key), r in fcdb["rows"].items():

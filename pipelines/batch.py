@@ -476,9 +476,9 @@ def connect_or_start(address: str | None) -> bool:
         return True
 
 
-def file_metadata(model: ModelSpec, ratios: list[str], run_id: str) -> dict[str, str]:
+def file_metadata(model: ModelSpec, version: str, ratios: list[str], run_id: str) -> dict[str, str]:
     """Key-value metadata every Parquet file of a run carries (pyarrow: ``ParquetFile(f).schema_arrow.metadata``)."""
-    return {"ugc_crop.model_version": model.version(), "ugc_crop.ratios": ",".join(ratios),
+    return {"ugc_crop.model_version": version, "ugc_crop.ratios": ",".join(ratios),
             "ugc_crop.run_id": run_id, "ugc_crop.model_card": json.dumps(model.card())}
 
 
@@ -503,7 +503,8 @@ def run(cfg: JobConfig) -> Summary:
     if done and not cfg.resume:
         raise OutputExistsError(f"{cfg.output} already holds crops of {len(done)} photos: "
                                 "pass --resume to add only what is missing, or --overwrite to start again")
-    work, skipped, redo = plan(files, done, ratios, cfg.limit, cfg.model.version(), cfg.retry_errors)
+    version = cfg.model.version()  # a hash of the weights file: read once
+    work, skipped, redo = plan(files, done, ratios, cfg.limit, version, cfg.retry_errors)
     if redo:  # their old rows go first: a crash now leaves them missing (redone next time), never doubled
         drop_keys(out, redo)
     now = datetime.datetime.now(datetime.UTC)
@@ -535,7 +536,7 @@ def run(cfg: JobConfig) -> Summary:
         # output as they are made (and survive a crash) instead of piling up until the map ends.
         write_args = {"num_cpus": 0, **({"runtime_env": runtime_env} if runtime_env else {})}
         with ProgressReporter(counter, len(work)) if counter is not None else contextlib.nullcontext():
-            meta = file_metadata(spec.job.model, ratios, run_id)
+            meta = file_metadata(cfg.model, version, ratios, run_id)
             ds.write_parquet(target, filesystem=out.filesystem(), schema=SCHEMA.with_metadata(meta),
                              ray_remote_args=write_args, min_rows_per_file=cfg.rows_per_file, concurrency=max(2, actors))
     seconds = time.perf_counter() - start

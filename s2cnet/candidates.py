@@ -71,23 +71,31 @@ def free_candidates(width: int, height: int, grid: GridConfig = GridConfig()) ->
     return np.unique(np.array(out, dtype=np.int64), axis=0)
 
 
+def unique_rows(boxes: np.ndarray) -> np.ndarray:
+    """Boxes without repeats, first occurrences in order."""
+    _, first = np.unique(boxes, axis=0, return_index=True)
+    return boxes[np.sort(first)]
+
+
+def _multiples(k_max: int, grid: GridConfig) -> list[int]:
+    """The grid's scales of an exact-ratio crop, as multiples of the reduced W:H, largest first."""
+    k_min = max(1, int(np.ceil(k_max * np.sqrt(grid.min_area))))
+    return sorted({int(round(k)) for k in np.linspace(k_max, k_min, grid.scales)}, reverse=True)
+
+
 def fixed_candidates(width: int, height: int, ratio: str, grid: GridConfig = GridConfig()) -> np.ndarray:
     """Crops of exactly ``ratio`` -> [N, 4] int x1,y1,x2,y2 inside the photo, largest first."""
     a, b = parse_ratio(ratio)
     k_max = min(width // a, height // b)
     if k_max < 1:
         raise ValueError(f"a {width}x{height} photo is too small for an exact {ratio} crop")
-    k_min = max(1, int(np.ceil(k_max * np.sqrt(grid.min_area))))
-    ks = sorted({int(round(k)) for k in np.linspace(k_max, k_min, grid.scales)}, reverse=True)
     out = []
-    for k in ks:
+    for k in _multiples(k_max, grid):
         w, h = a * k, b * k
         for x1 in np.unique(np.round(np.linspace(0, width - w, grid.positions)).astype(int)):
             for y1 in np.unique(np.round(np.linspace(0, height - h, grid.positions)).astype(int)):
                 out.append((x1, y1, x1 + w, y1 + h))
-    boxes = np.array(out, dtype=np.int64)
-    _, first = np.unique(boxes, axis=0, return_index=True)
-    return boxes[np.sort(first)]
+    return unique_rows(np.array(out, dtype=np.int64))
 
 
 def anchored_candidates(width: int, height: int, ratio: str, anchors: np.ndarray, grid: GridConfig = GridConfig()) -> np.ndarray:
@@ -99,11 +107,9 @@ def anchored_candidates(width: int, height: int, ratio: str, anchors: np.ndarray
     anchors = np.asarray(anchors, np.float64).reshape(-1, 4)
     if k_max < 1 or len(anchors) == 0:
         return np.zeros((0, 4), np.int64)
-    k_min = max(1, int(np.ceil(k_max * np.sqrt(grid.min_area))))
-    ks = sorted({int(round(k)) for k in np.linspace(k_max, k_min, grid.scales)}, reverse=True)
     cx, cy = (anchors[:, 0] + anchors[:, 2]) / 2, (anchors[:, 1] + anchors[:, 3]) / 2
     out = []
-    for k in ks:
+    for k in _multiples(k_max, grid):
         w, h = a * k, b * k
         x1 = np.clip(np.round(cx - w / 2), 0, width - w).astype(np.int64)
         y1 = np.clip(np.round(cy - h / 2), 0, height - h).astype(np.int64)

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from s2cnet.backbone import BackboneMaps
-from s2cnet.candidates import GridConfig, anchored_candidates, candidates, canonical_ratio
+from s2cnet.candidates import GridConfig, anchored_candidates, candidates, canonical_ratio, unique_rows
 from s2cnet.checkpoint import load_checkpoint, weights_version
 from s2cnet.imageio import LoadedImage, open_image
 from s2cnet.model import S2CNet
@@ -310,18 +310,17 @@ class Cropper:
         kinds = kinds if kinds is not None else (OBJECT,) * len(objs)
         kept = kept_share(boxes, objs)  # [N, M]
         whole = kept >= KEEP_WHOLE
-        face_idx = [m for m, k in enumerate(kinds) if k == FACE]
-        face_idx = [m for m in face_idx if whole[:, m].any()]
+        faces = [m for m, k in enumerate(kinds) if k == FACE]
+        first_others = [m for m, k in enumerate(kinds) if k != FACE][: self.protected_objects]
+        face_idx = [m for m in faces if whole[:, m].any()]
         faces_kept = whole[:, face_idx].sum(1)
         eligible = faces_kept == faces_kept.max(initial=0)
-        others = [m for m, k in enumerate(kinds) if k != FACE][: self.protected_objects]
-        others = [m for m in others if whole[eligible, m].any()]
+        others = [m for m in first_others if whole[eligible, m].any()]
         near = eligible & (s >= s[eligible].max() - self.integrity_margin)
         lost = (~whole[:, others]).sum(1)
         chosen = near & (lost == lost[near].min())  # near always holds the best eligible candidate
         j = int(np.argmax(np.where(chosen, s, -np.inf)))
-        all_faces = [m for m, k in enumerate(kinds) if k == FACE]
-        protected = all_faces + [m for m, k in enumerate(kinds) if k != FACE][: self.protected_objects]
+        protected = faces + first_others
         as_box = lambda m: tuple(int(round(v)) for v in objs[m])  # noqa: E731
         cut = [as_box(m) for m in protected if DROPPED < kept[j, m] < KEEP_WHOLE]
         dropped = [as_box(m) for m in protected if kept[j, m] <= DROPPED]
@@ -352,12 +351,6 @@ def kept_share(crops: np.ndarray, objects: np.ndarray) -> np.ndarray:
     return iw * ih / ((o[..., 2] - o[..., 0]) * (o[..., 3] - o[..., 1])).clip(min=1e-6)
 
 
-def cut_matrix(crops: np.ndarray, objects: np.ndarray, keep_whole: float = KEEP_WHOLE, drop: float = DROPPED) -> np.ndarray:
-    """[N, M] True where crop n cuts through object m: keeps more than ``drop`` of it but less than ``keep_whole``."""
-    kept = kept_share(crops, objects)
-    return (kept > drop) & (kept < keep_whole)
-
-
 def subject_anchors(objs: np.ndarray, kinds: tuple[str, ...], protected: int) -> np.ndarray:
     """At most three boxes to centre extra candidates on (each costs one candidate per scale and
     ratio): the faces (their union), the first other protected box, and the union of all of them."""
@@ -368,9 +361,3 @@ def subject_anchors(objs: np.ndarray, kinds: tuple[str, ...], protected: int) ->
     if len(others):
         out += [others[:1], union(np.concatenate([faces, others]))]
     return np.concatenate(out).reshape(-1, 4) if out else np.zeros((0, 4), np.float32)
-
-
-def unique_rows(boxes: np.ndarray) -> np.ndarray:
-    """Boxes without repeats, first occurrences in order."""
-    _, first = np.unique(boxes, axis=0, return_index=True)
-    return boxes[np.sort(first)]

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torchvision.ops import box_iou
 
 from s2cnet.checkpoint import load_checkpoint
 from s2cnet.imageio import open_image
@@ -44,7 +45,6 @@ class Photo:
     image: np.ndarray  # [H, W, 3] uint8, short side STORE_SHORT_SIDE
     classes: np.ndarray  # [H, W] uint8 PASCAL class ids
     faces: np.ndarray  # [F, 5] x1, y1, x2, y2, score in ``image`` pixels
-    size: tuple[int, int]  # the upright full-size photo (width, height)
 
 
 def read_faces(labels: Path) -> dict[str, dict]:
@@ -75,7 +75,7 @@ def load_photos(data: Path, labels: Path, ids: set[str], limit: int | None = Non
         size = (max(1, round(w0 * s)), max(1, round(h0 * s)))
         image = np.asarray(loaded.image.convert("RGB").resize(size, Image.BILINEAR))
         classes = np.asarray(Image.open(labels / "masks" / f"{pid}.png").resize(size, Image.NEAREST))
-        out.append(Photo(pid, image, classes, face_boxes(faces[pid], s), (w0, h0)))
+        out.append(Photo(pid, image, classes, face_boxes(faces[pid], s)))
         if limit and len(out) >= limit:
             break
     return out
@@ -150,17 +150,6 @@ def head_loss(maps: SubjectMaps, t: dict[str, torch.Tensor]) -> dict[str, torch.
     return {"loss": focal + l1 + bce + dice, "focal": focal, "box": l1, "mask": bce + dice}
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """[A, B] IoU of x1,y1,x2,y2 boxes."""
-    if len(a) == 0 or len(b) == 0:
-        return np.zeros((len(a), len(b)))
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (rb - lt).clip(min=0).prod(-1)
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None] - inter).clip(min=1e-9)
-
-
 def face_size(boxes: np.ndarray, short_side: float) -> np.ndarray:
     """A face's size as the benchmark counts it: the longer side of its box over the photo's short side."""
     return np.maximum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) / short_side
@@ -169,7 +158,8 @@ def face_size(boxes: np.ndarray, short_side: float) -> np.ndarray:
 def assign_faces(pred: np.ndarray, scores: np.ndarray, truth: np.ndarray, iou: float = 0.5) -> np.ndarray:
     """Greedy matching, most confident prediction first: [P] index of the teacher face each
     prediction matched (IoU >= ``iou``), or -1."""
-    ious = box_iou(pred, truth[:, :4])
+    ious = box_iou(torch.as_tensor(pred, dtype=torch.float64).reshape(-1, 4),
+                   torch.as_tensor(truth[:, :4], dtype=torch.float64).reshape(-1, 4)).numpy()
     taken = np.zeros(len(truth), bool)
     match = np.full(len(pred), -1)
     for i in np.argsort(-scores, kind="stable"):

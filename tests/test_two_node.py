@@ -121,19 +121,9 @@ def test_job_submitted_to_two_nodes_uses_both(two_nodes, local_s3, tmp_path):
     client = local_s3.client()
     for key, (data, _) in files.items():
         client.put_object(Bucket="twonode", Key=key, Body=data)
-    _, model_flags = model_for_tests(tmp_path)
-    job_dir = tmp_path / "job"  # what the job ships: the lone script, nothing else
-    job_dir.mkdir()
-    shutil.copy(ROOT / "pipelines" / "crop_bucket.py", job_dir / "crop_bucket.py")
-    runtime_env = {"env_vars": {**local_s3.env(), "OMP_NUM_THREADS": "1"}}
-    submission = f"ugc-two-node-{os.getpid()}"
-    args = [RAY, "job", "submit", "--address", url, "--submission-id", submission, "--working-dir", str(job_dir),
-            "--runtime-env-json", json.dumps(runtime_env), "--",
-            sys.executable, "crop_bucket.py", "--input", "s3://twonode/two/", "--output", "s3://twonode/crops/",
-            "--endpoint-url", local_s3.endpoint_url, "--ratios", ",".join(RATIOS), "--actors", "2", "--min-actors", "2",
-            "--batch-size", "2", "--wait-for-actors", "600", "--no-progress",
-            "--max-error-rate", "1", *model_flags]  # the mixed bucket holds broken photos on purpose
-    job = subprocess.run(args, env=env, capture_output=True, text=True, timeout=1800)
+    job = _submit(two_nodes, local_s3, tmp_path, "two-node", "--input", "s3://twonode/two/", "--output", "s3://twonode/crops/",
+                  "--ratios", ",".join(RATIOS), "--batch-size", "2",
+                  "--max-error-rate", "1")  # the mixed bucket holds broken photos on purpose
     assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
     assert "succeeded" in job.stdout + job.stderr and "crop_bucket:" in job.stdout
 
