@@ -220,7 +220,7 @@ def test_output_files_hold_at_least_1000_rows(two_nodes, local_s3, tmp_path):
         client.put_object(Bucket="many", Key=f"in/{i:04d}.jpg", Body=body)
     ratios = ["1:1", "4:3", "16:9", "9:16"]
     job = _submit(two_nodes, local_s3, tmp_path, "many", "--input", "s3://many/in/", "--output", "s3://many/out/",
-                  "--ratios", ",".join(ratios), "--batch-size", "8", "--rows-per-file", "1000")
+                  "--ratios", ",".join(ratios), "--batch-size", "8")  # the default --rows-per-file (5,000)
     assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-2000:]
     out = Location("s3://many/out/")
     files = parquet_files(out, local_s3.filesystem())
