@@ -14,13 +14,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if __name__ == "__main__" and (ROOT / "pipelines").is_dir() and str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # `python pipelines/crop_bucket.py` in a checkout
+    # `python pipelines/crop_bucket.py` in a checkout, from any folder: a local Ray started by this
+    # driver gives its workers this environment, so they import the checkout too
+    sys.path.insert(0, str(ROOT))
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
 
 from pipelines.batch import JobConfig, ModelSpec, OutputExistsError, StartupError, normalize_ratios, run  # noqa: E402
 

@@ -347,3 +347,24 @@ def test_pool_sizes_and_an_explicit_gpu_request(monkeypatch):
     assert _resources(JobConfig(**base, actors=8, min_actors=3)) == (3, 8, 0.0)
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0, "GPU": 2.0})
     assert _resources(JobConfig(**base)) == (1, 2, 1.0)
+
+
+def test_checkout_script_run_from_another_folder_hands_its_workers_the_checkout(tmp_path):
+    """`python /path/to/checkout/pipelines/crop_bucket.py --demo` from any folder: the local Ray it
+    starts gives its workers the driver's environment, so PYTHONPATH must name the checkout (without
+    it every actor died on `import pipelines`)."""
+    code = ("import os, runpy, sys\n"
+            f"sys.argv = ['crop_bucket.py', '--help']\n"
+            "try:\n"
+            f"    runpy.run_path({str(ROOT / 'pipelines' / 'crop_bucket.py')!r}, run_name='__main__')\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            "print('PYTHONPATH=' + os.environ.get('PYTHONPATH', ''))\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    path = proc.stdout.strip().splitlines()[-1].removeprefix("PYTHONPATH=")
+    assert str(ROOT) in path.split(os.pathsep)
+    worker = subprocess.run([sys.executable, "-c", "import pipelines.batch"], cwd=tmp_path, env={**env, "PYTHONPATH": path},
+                            capture_output=True, text=True, timeout=120)
+    assert worker.returncode == 0, worker.stderr[-2000:]
