@@ -102,10 +102,12 @@ class FusedMobileNetV2(nn.Module):
                         module[i + 1] = nn.Identity()
         return self
 
-    def freeze_bn(self) -> None:
-        """Keep BatchNorm statistics fixed: GAIC-style training sees one image per step."""
+    def freeze_bn(self, affine: bool = True) -> None:
+        """Keep BatchNorm statistics fixed (GAIC-style training sees one image per step); ``affine``
+        also freezes the scale and shift, which otherwise go on learning."""
         for m in self.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.eval()
-                for p in m.parameters():
-                    p.requires_grad_(False)
+                if affine:
+                    for p in m.parameters():
+                        p.requires_grad_(False)

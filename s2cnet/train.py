@@ -42,6 +42,8 @@ class TrainConfig:
     listwise_weight: float = 0.0  # ListNet term on the top crops (0: the paper's loss)
     listwise_temperature: float = 0.25
     freeze_stage8: bool = True  # the stride-8 layers keep their pretrained weights (and save CPU)
+    train_bn_affine: bool = False  # BatchNorm scale and shift learn (statistics stay fixed); in the folded
+    # ImageNet files the shift is the conv's bias
     val_size: int = 60  # images carved from train for validation
     limit: int | None = None  # train on the first N training images (smoke runs, tests)
     seed: int = 0
@@ -116,7 +118,7 @@ def evaluate_pairs(model: S2CNet, dataset: FCDBPairs) -> float:
 
 def set_train_mode(model: S2CNet, cfg: TrainConfig) -> None:
     model.train()
-    model.backbone.freeze_bn()
+    model.backbone.freeze_bn(affine=not cfg.train_bn_affine)
     if cfg.freeze_stage8:
         model.backbone.stage8.eval()
 
@@ -142,7 +144,7 @@ def train(cfg: TrainConfig, report=None) -> dict[str, float]:
     model = S2CNet(cfg.model)
     if cfg.init:
         load_backbone_init(model, cfg.init)
-    model.backbone.freeze_bn()
+    model.backbone.freeze_bn(affine=not cfg.train_bn_affine)
     if cfg.freeze_stage8:
         for p in model.backbone.stage8.parameters():
             p.requires_grad_(False)
