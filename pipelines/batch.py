@@ -1,12 +1,13 @@
-"""The batch job as Ray Data glue: list photos -> actor pool (fetch, decode, Cropper.crop_batch) -> Parquet.
+"""The batch job as Ray Data glue: list photos -> fetch and decode -> Cropper.crop_batch on an actor pool
+-> thumbnails -> Parquet. The stages themselves are plain Python in ``pipelines.stages``.
 
     summary = run(JobConfig(input="s3://photos/2024/", output="s3://photos/crops/", ratios=["1:1", "16:9"]))
 
 Nothing is lost: the driver lists every input key, plans the (key, ratio) pairs not yet in the
 output (``resume``), and after the write reads the output back to check that every planned key
 now has exactly one row per ratio (or one whole-photo error row) and that no pair is duplicated.
-Photo bytes are fetched inside the actors (never through the object store), so one unreadable
-object becomes an error row rather than a failed read task.
+Photo bytes are fetched by the job's own stage (never by a Ray Data read task), so one unreadable
+object becomes an error row rather than a failed read.
 """
 
 from __future__ import annotations
@@ -19,32 +20,16 @@ import math
 import os
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from pipelines.photos import (
-    DEFAULT_MAX_BYTES,
-    DEFAULT_MAX_PIXELS,
-    SCHEMA,
-    TRANSIENT_KINDS,
-    PhotoError,
-    crop_row,
-    crop_safely,
-    decode,
-    error_kind,
-    error_row,
-    open_photo,
-    reason,
-    rows_table,
-    thumbnail_jpeg,
-    thumbnail_path,
-)
+from pipelines.photos import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, SCHEMA, TRANSIENT_KINDS
 from pipelines.progress import Counter, ProgressReporter
-from pipelines.storage import InputFile, Location, delete_tree, drop_keys, list_inputs, read_bytes, read_output, write_bytes
+from pipelines.stages import WORK, CropWorker, WorkerSpec, fetch_and_decode, finish
+from pipelines.storage import InputFile, Location, delete_tree, drop_keys, list_inputs, read_output, write_bytes
 from s2cnet.candidates import canonical_ratio
 
 
@@ -120,6 +105,10 @@ class JobConfig:
     min_actors: int = _opt(1, "the pool's smallest size; it grows towards --actors as the autoscaler adds nodes")
     gpus_per_actor: float | None = _opt(None, "default: 1 when the cluster has GPUs, else 0")
     cpus_per_actor: float = _opt(1.0, "CPUs each actor holds (its torch threads)")
+    io_stages: str = _opt("auto", "where photos are fetched and decoded and thumbnails written: 'tasks' (CPU tasks "
+                                  "ahead of and after the model actors, so a GPU never waits on JPEG work), 'actors' "
+                                  "(inside them: no object-store round trips), or 'auto' (tasks when the actors hold "
+                                  "GPUs)", choices=("auto", "tasks", "actors"))
     batch_size: int = _opt(8, "photos per crop_batch call")
     limit: int | None = _opt(None, "process at most N photos (of those not done yet)")
     resume: bool = _opt(False, "skip (photo, ratio) pairs already in --output; photos changed since, rows of "
@@ -141,19 +130,6 @@ class JobConfig:
                                  flag="--no-forward-aws-env")
     wait_for_actors_s: float | None = _opt(None, "start cropping only once all actors are up (default: as soon as one is)",
                                            flag="--wait-for-actors")
-
-
-@dataclass(frozen=True)
-class WorkerSpec:
-    """Everything an actor needs, small and picklable (no filesystems, no credentials): the job's own
-    settings plus what the driver decided for this pool."""
-
-    job: JobConfig
-    run_id: str = ""
-    progress: object = None  # a pipelines.progress.Counter actor handle, or None
-    torch_threads: int = 1
-    io_threads: int = 8
-    use_gpu: bool = False
 
 
 class OutputExistsError(RuntimeError):
@@ -231,99 +207,6 @@ def normalize_ratios(ratios: list[str] | str) -> list[str]:
     if not out:
         raise ValueError("at least one ratio is required")
     return out
-
-
-# -- the actor -------------------------------------------------------------------------------------
-class CropWorker:
-    """One Cropper per actor; each call turns a batch of (key, path, size, ratios) into output rows."""
-
-    def __init__(self, spec: WorkerSpec) -> None:
-        import torch
-
-        torch.set_num_threads(max(1, spec.torch_threads))
-        self.spec, job = spec, spec.job
-        self.cropper = job.model.build()
-        if spec.use_gpu:  # Ray gave this actor a GPU (num_gpus): no GPU here is a setup error, not a CPU fallback
-            self.cropper.to("cuda")
-        self.version = self.cropper.model_version
-        self.thumbs = Location(job.thumbnails, job.endpoint_url) if job.thumbnails else None
-        self.thumb_fs = self.thumbs.filesystem() if self.thumbs else None
-        self.in_fs = Location(job.input, job.endpoint_url).filesystem()
-        self.pool = ThreadPoolExecutor(max(1, spec.io_threads))
-
-    def _load(self, item: dict):
-        """((photo, bytes or None), None) or (None, (error kind, reason)); runs on the I/O pool (pyarrow and PIL
-        release the GIL). The photo is decoded as the Cropper decodes any upload (JPEG draft mode),
-        so a crop never depends on whether thumbnails were asked for; their bytes are kept for them."""
-        try:
-            if item["size"] > self.spec.job.max_bytes:  # the listing's size: nothing is read
-                raise PhotoError("too_large", f"too large: {item['size']} bytes exceeds the limit of {self.spec.job.max_bytes}")
-            try:
-                data = read_bytes(self.in_fs, item["path"])
-            except Exception as e:
-                raise PhotoError("read", f"read: {reason(e)}") from e
-            photo = open_photo(data, self.spec.job.max_pixels, self.cropper.short_side)
-            return (photo, data if self.thumbs is not None else None), None
-        except Exception as e:
-            return None, (error_kind(e), reason(e))
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        items = batch.to_pylist()
-        loaded = list(self.pool.map(self._load, items))
-        rows: list[dict] = []
-        by_ratios: dict[tuple, list[int]] = collections.defaultdict(list)
-        for i, (item, (_, err)) in enumerate(zip(items, loaded)):
-            if err is not None:
-                rows.append(error_row(item["key"], *err, self.version))
-            else:
-                by_ratios[tuple(item["ratios"])].append(i)
-        thumb_jobs = []  # per photo: (its bytes, [(row index, box, path), ...])
-        for ratios, idx in by_ratios.items():
-            photos = [loaded[i][0][0] for i in idx]
-            for i, photo, crops in zip(idx, photos, crop_safely(self.cropper.crop_batch, photos, ratios)):
-                key, size = items[i]["key"], photo.original_size
-                wanted = []
-                for r, c in zip(ratios, crops):
-                    if isinstance(c, str):
-                        rows.append(error_row(key, "crop", c, self.version, size, ratio=r))
-                        continue
-                    rows.append(crop_row(key, size, r, c, self.version))
-                    if self.thumbs is not None:
-                        wanted.append((len(rows) - 1, c.box, thumbnail_path(self.thumbs.root, key, r)))
-                if wanted:
-                    thumb_jobs.append((loaded[i][0][1], wanted))
-        for results in self.pool.map(self._thumbnails, thumb_jobs):
-            for row_i, err in results:
-                if err:
-                    rows[row_i]["error_kind"], rows[row_i]["error"] = "thumbnail", err
-                else:
-                    rows[row_i]["thumbnail"] = self.thumbs.uri_of(rows[row_i]["key"], rows[row_i]["ratio"])
-        if self.spec.progress is not None:  # fire and forget: progress never slows the batch
-            failed = {r["key"] for r in rows if r["error_kind"] is not None}
-            self.spec.progress.add.remote(len(items), len(failed))
-        source = {item["key"]: item for item in items}
-        now = datetime.datetime.now(datetime.UTC)
-        for row in rows:
-            item = source[row["key"]]
-            row.update(source_size=item["size"], source_mtime_ns=item["mtime_ns"], run_id=self.spec.run_id,
-                       processed_at=now)
-        return rows_table(rows)
-
-    def _thumbnails(self, job) -> list[tuple[int, str | None]]:
-        """One full-size decode per photo serves all its ratios' thumbnails -> (row index, error)."""
-        data, wanted = job
-        try:
-            image = decode(data, self.spec.job.max_pixels)
-        except Exception as e:
-            return [(row_i, f"thumbnail: {reason(e)}") for row_i, _, _ in wanted]
-        out: list[tuple[int, str | None]] = []
-        for row_i, box, path in wanted:
-            try:
-                write_bytes(self.thumb_fs, path, thumbnail_jpeg(image, box, self.spec.job.thumb_width), "image/jpeg")
-                out.append((row_i, None))
-            except Exception as e:
-                out.append((row_i, f"thumbnail: {reason(e)}"))
-        return out
 
 
 # -- planning and checking ---------------------------------------------------------------------------
@@ -443,20 +326,22 @@ def check(output: Location, work: list, ratios: list[str]) -> tuple[int, int, in
 
 
 # -- the driver ----------------------------------------------------------------------------------------
-def _resources(cfg: JobConfig) -> tuple[int, int, float]:
-    """(smallest pool, largest pool, GPUs per actor). An explicit --gpus-per-actor asks for GPUs even
-    when the cluster has none yet: that request is what makes the autoscaler add GPU nodes."""
+def _resources(cfg: JobConfig) -> tuple[int, int, float, bool]:
+    """(smallest pool, largest pool, GPUs per actor, whether the actors do the I/O stages too). An
+    explicit --gpus-per-actor asks for GPUs even when the cluster has none yet: that request is what
+    makes the autoscaler add GPU nodes."""
     import ray
 
     res = ray.cluster_resources()
     gpus = cfg.gpus_per_actor if cfg.gpus_per_actor is not None else (1.0 if res.get("GPU", 0) > 0 else 0.0)
+    in_actor = cfg.io_stages == "actors" or (cfg.io_stages == "auto" and gpus == 0)
     if cfg.actors:
         largest = cfg.actors
     elif gpus > 0:
         largest = max(1, int(res.get("GPU", 0) // gpus))
-    else:
-        largest = max(1, int(res.get("CPU", 1) // cfg.cpus_per_actor))
-    return max(1, min(cfg.min_actors, largest)), largest, gpus
+    else:  # CPU actors beside CPU I/O tasks leave those tasks a core
+        largest = max(1, int((res.get("CPU", 1) - (0 if in_actor else 1)) // cfg.cpus_per_actor))
+    return max(1, min(cfg.min_actors, largest)), largest, gpus, in_actor
 
 
 def connect_or_start(address: str | None) -> bool:
@@ -484,8 +369,8 @@ def file_metadata(model: ModelSpec, version: str, ratios: list[str], run_id: str
 
 def work_blocks(work: list, rows_per_block: int) -> list[pa.Table]:
     table = pa.table({"key": [f.key for f, _ in work], "path": [f.path for f, _ in work],
-                      "size": pa.array([f.size for f, _ in work], pa.int64()),
-                      "mtime_ns": pa.array([f.mtime_ns for f, _ in work], pa.int64()), "ratios": [t for _, t in work]})
+                      "size": [f.size for f, _ in work], "mtime_ns": [f.mtime_ns for f, _ in work],
+                      "ratios": [t for _, t in work]}, schema=WORK)
     return [table.slice(i, rows_per_block) for i in range(0, len(table), rows_per_block)]
 
 
@@ -493,6 +378,8 @@ def run(cfg: JobConfig) -> Summary:
     """Run the job on the current Ray cluster (``ray.init()`` is called if needed) and check its output."""
     import ray
     import ray.data
+
+    from s2cnet.cropper import DEFAULT_SHORT_SIDE
 
     ratios = normalize_ratios(cfg.ratios)
     files = check_locations(cfg)
@@ -521,17 +408,23 @@ def run(cfg: JobConfig) -> Summary:
         counter = ray.remote(num_cpus=0)(Counter).remote() if cfg.progress else None
         if cfg.wait_for_actors_s:
             ctx.wait_for_min_actors_s = int(cfg.wait_for_actors_s)
-        smallest, actors, gpus = _resources(cfg)
+        smallest, actors, gpus, in_actor = _resources(cfg)
         spec = WorkerSpec(job=cfg, run_id=run_id, progress=counter, torch_threads=max(1, int(cfg.cpus_per_actor)),
-                          use_gpu=gpus > 0)
+                          use_gpu=gpus > 0, short_side=DEFAULT_SHORT_SIDE, in_actor=in_actor)
         # Enough blocks that every actor gets several; at most block_photos photos per output file.
         per_block = max(1, min(cfg.block_photos, math.ceil(len(work) / (actors * 8))))
         ds = ray.data.from_arrow(work_blocks(work, per_block))
         env = _env_to_forward(cfg, started_here)
         runtime_env = {"env_vars": env} if env else None
+        io_args = {"batch_size": None, "batch_format": "pyarrow", "fn_kwargs": {"spec": spec}, "num_cpus": 1,
+                   **({"runtime_env": runtime_env} if runtime_env else {})}
+        if not in_actor:  # Ray's batch-inference shape: CPU tasks feed the model actors
+            ds = ds.map_batches(fetch_and_decode, **io_args)
         ds = ds.map_batches(CropWorker, fn_constructor_kwargs={"spec": spec}, batch_size=cfg.batch_size,
                             batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(min_size=smallest, max_size=actors),
                             num_cpus=cfg.cpus_per_actor, num_gpus=gpus or None, runtime_env=runtime_env)
+        if not in_actor:
+            ds = ds.map_batches(finish, **io_args)
         # Writing is I/O: zero-CPU tasks run while the actors hold every core, so crops reach the
         # output as they are made (and survive a crash) instead of piling up until the map ends.
         write_args = {"num_cpus": 0, **({"runtime_env": runtime_env} if runtime_env else {})}

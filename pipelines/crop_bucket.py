@@ -44,6 +44,7 @@ def job_options(p: argparse.ArgumentParser) -> None:
             continue
         shown = ",".join(default) if isinstance(default, list) else default
         p.add_argument(flag, dest=f.name, type={"int": int, "float": float}.get(kind, str), default=None,
+                       choices=f.metadata.get("choices"),
                        help=f.metadata["help"] + (f" (default: {shown})" if shown not in (None, "") else ""))
 
 

@@ -27,6 +27,7 @@ from s2cnet.transforms import model_input
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "s2cnet.pt"
+DEFAULT_SHORT_SIDE = 256  # the model's input short side (GAIC's): photos are decoded no larger than it needs
 
 
 @dataclass
@@ -84,7 +85,7 @@ class PendingObjects:
 
 
 class Cropper:
-    def __init__(self, model: S2CNet, proposer: Proposer | Callable | None = None, short_side: int = 256,
+    def __init__(self, model: S2CNet, proposer: Proposer | Callable | None = None, short_side: int = DEFAULT_SHORT_SIDE,
                  grid: GridConfig = GridConfig(),
                  model_version: str = "untrained", integrity_margin: float = 0.1, protected_objects: int = 3,
                  bf16: bool | None = None, backbone_batch: int = 1) -> None:

@@ -234,6 +234,24 @@ def test_partial_run_then_resume_through_a_crash_equals_one_run(full_run, files,
     assert _comparable(rows_of(Location(f"s3://{BUCKET}/resumed/", bucket.endpoint_url))) == _comparable(rows)
 
 
+def test_io_stages_as_cpu_tasks_around_the_model_actors_give_the_same_rows(full_run, bucket, model):
+    """The GPU cluster's shape (fetch and decode, then thumbnails, as CPU tasks; the actors run only the
+    model), here on CPU: the same rows and the same thumbnails as the actors doing everything."""
+    _, _, rows = full_run
+    cfg = _with(job(bucket, "staged", model, thumbnails=f"s3://{BUCKET}/thumbs_staged/", io_stages="tasks"), actors=1)
+    summary = run(cfg)
+    assert summary.complete and summary.duplicates == 0
+    got = rows_of(Location(cfg.output, bucket.endpoint_url))
+    assert _comparable(got) == _comparable(rows)
+    assert [r["error_kind"] for r in got] == [r["error_kind"] for r in rows]
+    fs = bucket.filesystem()
+    for r in (r for r in got if r["error"] is None):
+        assert r["thumbnail"] == Location(cfg.thumbnails).uri_of(r["key"], r["ratio"])
+        with fs.open_input_stream(thumbnail_path(Location(cfg.thumbnails).root, r["key"], r["ratio"])) as f, \
+                fs.open_input_stream(thumbnail_path(Location(f"s3://{BUCKET}/thumbs/").root, r["key"], r["ratio"])) as g:
+            assert f.read() == g.read(), r["key"]
+
+
 def _with(cfg: JobConfig, **kw) -> JobConfig:
     for k, v in kw.items():
         setattr(cfg, k, v)
@@ -341,12 +359,14 @@ def test_pool_sizes_and_an_explicit_gpu_request(monkeypatch):
 
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0})
     base = dict(input="s3://b/in/", output="s3://b/out/")
-    assert _resources(JobConfig(**base)) == (1, 4, 0.0)  # CPU-only: one actor per CPU now
+    assert _resources(JobConfig(**base)) == (1, 4, 0.0, True)  # CPU-only: one actor per CPU now, doing its own I/O
+    assert _resources(JobConfig(**base, io_stages="tasks")) == (1, 3, 0.0, False)  # a core left for the I/O tasks
     # an empty cluster asked for GPU actors: the request itself is what makes the autoscaler add GPU nodes
-    assert _resources(JobConfig(**base, gpus_per_actor=1.0, actors=8)) == (1, 8, 1.0)
-    assert _resources(JobConfig(**base, actors=8, min_actors=3)) == (3, 8, 0.0)
+    assert _resources(JobConfig(**base, gpus_per_actor=1.0, actors=8)) == (1, 8, 1.0, False)
+    assert _resources(JobConfig(**base, actors=8, min_actors=3)) == (3, 8, 0.0, True)
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0, "GPU": 2.0})
-    assert _resources(JobConfig(**base)) == (1, 2, 1.0)
+    assert _resources(JobConfig(**base)) == (1, 2, 1.0, False)  # GPU actors: fetch, decode, thumbnails in CPU tasks
+    assert _resources(JobConfig(**base, io_stages="actors")) == (1, 2, 1.0, True)
 
 
 def test_checkout_script_run_from_another_folder_hands_its_workers_the_checkout(tmp_path):

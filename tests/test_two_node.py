@@ -186,7 +186,9 @@ def test_replaced_photo_is_recomputed_on_resume_with_typed_columns(two_nodes, lo
     client = local_s3.client()
     for i in range(3):
         client.put_object(Bucket="replace", Key=f"in/p{i}.jpg", Body=_jpeg(320 + 40 * i, 240, seed=i))
-    common = ["--input", "s3://replace/in/", "--output", "s3://replace/out/", "--ratios", ",".join(RATIOS), "--resume"]
+    # In the GPU clusters' shape: fetch, decode and thumbnails as CPU tasks on one node, the model actor on the other
+    common = ["--input", "s3://replace/in/", "--output", "s3://replace/out/", "--ratios", ",".join(RATIOS), "--resume",
+              "--actors", "1", "--min-actors", "1", "--io-stages", "tasks", "--thumbnails", "s3://replace/thumbs/"]
     first = _submit(two_nodes, local_s3, tmp_path, "replace1", *common)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-2000:]
     time.sleep(1.1)  # a later mtime, as a real re-upload has
@@ -201,6 +203,7 @@ def test_replaced_photo_is_recomputed_on_resume_with_typed_columns(two_nodes, lo
     assert {(r["width"], r["height"]) for r in rows if r["key"] == "in/p1.jpg"} == {(600, 900)}
     assert len({r["run_id"] for r in rows if r["key"] == "in/p1.jpg"}) == 1
     assert len({r["run_id"] for r in rows}) == 2  # the other photos were not redone
+    assert all(r["thumbnail"] == f"s3://replace/thumbs/{r['key']}/{r['ratio'].replace(':', 'x')}.jpg" for r in rows)
     types = {f.name: f.type for f in table.schema}
     for name, kind in {"error_kind": pa.string(), "error": pa.string(), "source_size": pa.int64(),
                        "source_mtime_ns": pa.int64(), "run_id": pa.string(), "thumbnail": pa.string(),
