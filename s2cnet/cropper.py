@@ -11,11 +11,12 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import ImageOps
 
 from s2cnet.backbone import BackboneMaps
 from s2cnet.candidates import GridConfig, anchored_candidates, candidates, canonical_ratio, unique_rows
@@ -23,7 +24,7 @@ from s2cnet.checkpoint import load_checkpoint, weights_version
 from s2cnet.imageio import LoadedImage, open_image
 from s2cnet.model import S2CNet
 from s2cnet.proposals import FACE, OBJECT, Proposals, Proposer, as_proposer
-from s2cnet.transforms import model_input
+from s2cnet.transforms import hflip_boxes, mirror_first, model_input
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "s2cnet.pt"
@@ -88,7 +89,7 @@ class Cropper:
     def __init__(self, model: S2CNet, proposer: Proposer | Callable | None = None, short_side: int = DEFAULT_SHORT_SIDE,
                  grid: GridConfig = GridConfig(),
                  model_version: str = "untrained", integrity_margin: float = 0.1, protected_objects: int = 3,
-                 bf16: bool | None = None, backbone_batch: int = 1) -> None:
+                 bf16: bool | None = None, backbone_batch: int = 1, mirror_consistent: bool = True) -> None:
         self.model = inference_copy(model)
         self.proposer = as_proposer(proposer)
         self.device = torch.device("cpu")
@@ -107,6 +108,9 @@ class Cropper:
         # crop_batch: photos per backbone call. 1 on a CPU (no faster batched, and bit-exact with
         # crop); ``to("cuda")`` raises it to 8 unless set.
         self.backbone_batch = backbone_batch
+        # A photo and its mirror get mirrored crops (and the same scores for mirrored boxes): each is
+        # processed in one canonical orientation (_oriented). False scores every photo as given.
+        self.mirror_consistent = mirror_consistent
 
     def to(self, device: str | torch.device) -> Cropper:
         """Moves the scorer (and a proposer that reads its features) to ``device``, e.g. "cuda". Photos
@@ -213,6 +217,13 @@ class Cropper:
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4) * np.array([sx, sy, sx, sy], np.float32)
         return Proposals(boxes, tuple(kinds) if kinds is not None else (OBJECT,) * len(boxes))
 
+    def _oriented(self, loaded: LoadedImage) -> tuple[LoadedImage, bool]:
+        """The photo in the orientation every choice is made in (``transforms.mirror_first``), and
+        whether that is its mirror; results are mirrored back, so callers never see it."""
+        if not self.mirror_consistent or not mirror_first(loaded.image):
+            return loaded, False
+        return LoadedImage(ImageOps.mirror(loaded.image), loaded.original_size, loaded.format), True
+
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_pool": None}  # threads do not pickle; a copy starts its own
 
@@ -231,9 +242,12 @@ class Cropper:
         objects: [M, 4] boxes, an empty [0, 4] array for no object nodes, or None to propose them.
         """
         boxes = finite_boxes(boxes, "boxes")
-        loaded = self._load(image)
+        loaded, mirrored = self._oriented(self._load(image))
         if len(boxes) == 0:
             return np.zeros(0, np.float32)
+        if mirrored:
+            boxes = hflip_boxes(boxes, loaded.original_size[0])
+            objects = objects if objects is None else hflip_boxes(finite_boxes(objects, "objects"), loaded.original_size[0])
         started = self._start_objects(loaded, objects)
         feat, maps, scale = self._features(loaded)
         return self._score(feat, scale, boxes, self._finish_objects(loaded, started, maps).boxes)
@@ -265,14 +279,17 @@ class Cropper:
         if not keys:
             raise ValueError("ratios is empty: give one or more 'W:H' strings, or None for a free-ratio crop")
 
-        def begin(i: int) -> tuple[LoadedImage, list[np.ndarray], PendingObjects]:
-            loaded = self._load(images[i])
+        def begin(i: int) -> tuple[LoadedImage, bool, list[np.ndarray], PendingObjects]:
+            loaded, mirrored = self._oriented(self._load(images[i]))
             w, h = loaded.original_size
             per_ratio = [candidates(w, h, r, self.grid) for r in keys]  # bad ratios fail before any model work
-            return loaded, per_ratio, self._start_objects(loaded, objects[i])
+            given = objects[i]
+            if mirrored and given is not None:
+                given = hflip_boxes(finite_boxes(given, "objects"), w)
+            return loaded, mirrored, per_ratio, self._start_objects(loaded, given)
 
-        def finish(loaded: LoadedImage, per_ratio: list[np.ndarray], started: PendingObjects, feat: torch.Tensor,
-                   maps: BackboneMaps, scale: np.ndarray) -> Analysis:
+        def finish(loaded: LoadedImage, mirrored: bool, per_ratio: list[np.ndarray], started: PendingObjects,
+                   feat: torch.Tensor, maps: BackboneMaps, scale: np.ndarray) -> Analysis:
             objs, kinds = self._finish_objects(loaded, started, maps)
             w, h = loaded.original_size
             anchors = subject_anchors(objs, kinds, self.protected_objects)
@@ -281,22 +298,23 @@ class Cropper:
             scores = self._score(feat, scale, np.concatenate(per_ratio), objs)
             per_scores = np.split(scores, np.cumsum([len(b) for b in per_ratio])[:-1])
             crops = [self._choose(r, b, sc, objs, kinds) for r, b, sc in zip(keys, per_ratio, per_scores)]
-            return Analysis(loaded.original_size, crops, dict(zip(keys, per_ratio)), dict(zip(keys, per_scores)), objs, kinds)
+            analysis = Analysis(loaded.original_size, crops, dict(zip(keys, per_ratio)), dict(zip(keys, per_scores)), objs, kinds)
+            return analysis.mirrored() if mirrored else analysis
 
         if self.backbone_batch > 1 and len(images) > 1:
             for first in range(0, len(images), self.backbone_batch):
                 begun = [begin(i) for i in range(first, min(first + self.backbone_batch, len(images)))]
                 features = self._batched_features([b[0] for b in begun])
-                for (loaded, per_ratio, started), (feat, maps, scale) in zip(begun, features):
-                    yield finish(loaded, per_ratio, started, feat, maps, scale)
+                for b, f in zip(begun, features):
+                    yield finish(*b, *f)
             return
         upcoming = begin(0) if len(images) else None
         for i in range(len(images)):
-            loaded, per_ratio, started = upcoming
-            feat, maps, scale = self._features(loaded)
+            begun = upcoming
+            feat, maps, scale = self._features(begun[0])
             if i + 1 < len(images):
                 upcoming = begin(i + 1)  # queues the next photo's faces behind this one's
-            yield finish(loaded, per_ratio, started, feat, maps, scale)
+            yield finish(*begun, feat, maps, scale)
 
     def _choose(self, ratio: str | None, boxes: np.ndarray, s: np.ndarray, objs: np.ndarray,
                 kinds: tuple[str, ...] | None = None) -> Crop:
@@ -337,6 +355,16 @@ class Analysis:
     scores: dict  # ratio -> [N] scores
     objects: np.ndarray  # [M, 4] object nodes used
     object_kinds: tuple[str, ...] = ()  # per object: "face", "person", "object" or "salient"
+
+    def mirrored(self) -> Analysis:
+        """The same analysis of the mirrored photo: every box mirrored, scores and choices unchanged."""
+        w = self.size[0]
+        flip = lambda boxes: hflip_boxes(np.asarray(boxes).reshape(-1, 4), w)  # noqa: E731
+        as_tuples = lambda boxes: [tuple(int(v) for v in b) for b in flip(np.array(boxes, np.int64))]  # noqa: E731
+        crops = [replace(c, box=as_tuples([c.box])[0], cut_objects=as_tuples(c.cut_objects),
+                         dropped_objects=as_tuples(c.dropped_objects)) for c in self.crops]
+        return Analysis(self.size, crops, {r: flip(b) for r, b in self.candidates.items()}, self.scores,
+                        flip(self.objects), self.object_kinds)
 
 
 KEEP_WHOLE, DROPPED = 0.9, 0.1  # an object is kept whole at >= 90% inside the crop, dropped at <= 10%

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from s2cnet.imageio import open_image
-from s2cnet.transforms import IMAGENET_MEAN, IMAGENET_STD, photometric_jitter, resize_shape
+from s2cnet.transforms import IMAGENET_MEAN, IMAGENET_STD, hflip_boxes, photometric_jitter, resize_shape
 
 
 @dataclass
@@ -36,11 +36,6 @@ def read_yxyx(path: Path, with_score: bool) -> tuple[np.ndarray, np.ndarray]:
     boxes = arr[:, [1, 0, 3, 2]].astype(np.float32)
     scores = arr[:, 4].astype(np.float32) if with_score else np.zeros(len(arr), np.float32)
     return boxes, scores
-
-
-def hflip_boxes(boxes: torch.Tensor, width: float) -> torch.Tensor:
-    """Mirror x1,y1,x2,y2 boxes: new x1 = W - old x2 and new x2 = W - old x1 (keeps x1 < x2)."""
-    return torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0], boxes[:, 3]], dim=1)
 
 
 class GAICD(torch.utils.data.Dataset):

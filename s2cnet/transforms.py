@@ -30,6 +30,29 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     return (x - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None]
 
 
+def hflip_boxes(boxes, width: float):
+    """Mirrored x1,y1,x2,y2 boxes ([N, 4] NumPy array or tensor, a copy): new x1 = W - old x2 and new
+    x2 = W - old x1, so x1 < x2 still holds."""
+    out = boxes[:, [2, 1, 0, 3]]
+    out[:, [0, 2]] = width - out[:, [0, 2]]
+    return out
+
+
+def mirror_first(image: Image.Image) -> bool:
+    """Whether to process ``image`` mirrored, from a statistic that changes sign under mirroring (the
+    luminance's horizontal moment, exact in integers): a photo and its mirror are then both processed
+    in the same orientation, so their crops are mirrors of each other by construction. The scorer's
+    own left-right asymmetries (learned position priors, TensorFlow padding) stay, but cannot make
+    the two disagree."""
+    lum = np.asarray(image.convert("L"), np.int64)
+    weights = 2 * np.arange(lum.shape[1], dtype=np.int64) - (lum.shape[1] - 1)
+    for values in (lum, lum * lum):  # the second moment breaks the rare exact tie of the first
+        moment = int(weights @ values.sum(0))
+        if moment:
+            return moment < 0
+    return False  # symmetric in both: either orientation gives the same crop
+
+
 def model_input(image: Image.Image, original_size: tuple[int, int], short_side: int = 256) -> tuple[torch.Tensor, np.ndarray]:
     """The network's [1, 3, H, W] input and the x1,y1,x2,y2 scale from full-size to input pixels.
 

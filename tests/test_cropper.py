@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import skimage.data
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from scipy.stats import spearmanr
 
 from s2cnet.candidates import candidates, canonical_ratio
@@ -23,7 +23,7 @@ from s2cnet.imageio import ImageLoadError, open_image
 from s2cnet.model import S2CNet, S2CNetConfig
 from s2cnet.proposals import Proposals, SaliencyProposer
 from s2cnet.saliency import SaliencyHead
-from s2cnet.transforms import resize_shape
+from s2cnet.transforms import hflip_boxes, resize_shape
 
 RATIOS = ["1:1", "16:9", "9:16", "4:3", "3:2", "4:5", "21:9"]
 
@@ -204,7 +204,8 @@ def three_photos(cat: Image.Image, astronaut: str) -> list:
 def test_crop_batch_pipelines_faces_and_equals_crop_per_image(cropper: Cropper, three_photos: list,
                                                                 shares: bool) -> None:
     proposer = FaceStageProposer(shares)
-    c = Cropper(cropper.model, proposer=proposer)
+    # the stand-in proposer finds the same place whatever the photo holds: keep photos as given
+    c = Cropper(cropper.model, proposer=proposer, mirror_consistent=False)
     ratios = ["1:1", "16:9", "4:5"]
     batch = c.crop_batch(three_photos, ratios)
     assert len(proposer.prepare_threads) == 3
@@ -429,3 +430,26 @@ def test_batched_backbone_equals_photo_by_photo(cropper: Cropper, three_photos: 
     many._backbone = lambda x: (seen.append(x.shape[0]), real(x))[1]
     many.crop_batch(photos, ratios)
     assert max(seen) > 1 and sum(seen) == len(photos)
+
+
+def test_a_mirrored_photo_gets_the_mirrored_crops_and_scores(cropper: Cropper, cat: Image.Image, astronaut: str) -> None:
+    ratios = ["1:1", "16:9", "9:16", "4:5", None]
+    disagreed = 0
+    plain = Cropper(cropper.model, proposer=cropper.proposer, mirror_consistent=False)
+    for image in (cat, Image.open(astronaut).convert("RGB")):
+        flipped, w = ImageOps.mirror(image), image.width
+        a, b = cropper.analyse(image, ratios), cropper.analyse(flipped, ratios)
+        np.testing.assert_allclose(b.objects, hflip_boxes(a.objects, w), atol=1e-3)  # W - (W - x) rounds in float32
+        for x, y in zip(a.crops, b.crops):
+            assert y.box == (w - x.box[2], x.box[1], w - x.box[0], x.box[3]), (x, y)
+            assert y.score == x.score and (y.faces, y.kept_faces) == (x.faces, x.kept_faces)
+            assert sorted(y.cut_objects) == sorted((w - o[2], o[1], w - o[0], o[3]) for o in x.cut_objects)
+        boxes = candidates(*image.size, "4:3")
+        np.testing.assert_array_equal(cropper.score(flipped, hflip_boxes(boxes, w), NO_OBJECTS),
+                                      cropper.score(image, boxes, NO_OBJECTS))
+        objs = np.float32([[20, 20, 120, 120], [200, 40, 300, 200]])  # given objects are mirrored with the photo
+        assert cropper.crop(flipped, "1:1", objects=hflip_boxes(objs, w))[0].box == \
+            tuple(int(v) for v in hflip_boxes(np.array([cropper.crop(image, "1:1", objects=objs)[0].box]), w)[0])
+        p, q = plain.crop(image, ratios), plain.crop(flipped, ratios)
+        disagreed += sum(y.box != (w - x.box[2], x.box[1], w - x.box[0], x.box[3]) for x, y in zip(p, q))
+    assert disagreed, "control: scored as given, some mirrored crop should differ (else this test proves nothing)"

@@ -11,9 +11,9 @@ import torch
 from conftest import GAICD_DIR, needs_gaicd
 from synthetic_gaicd import write_gaicd
 
-from s2cnet.data import GAICD, hflip_boxes, read_yxyx
+from s2cnet.data import GAICD, read_yxyx
 from s2cnet.imageio import open_image
-from s2cnet.transforms import IMAGENET_MEAN, IMAGENET_STD, model_input
+from s2cnet.transforms import IMAGENET_MEAN, IMAGENET_STD, hflip_boxes, model_input
 
 
 def test_read_yxyx_swaps_axes_and_skips_unannotated(tmp_path) -> None:
