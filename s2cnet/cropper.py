@@ -19,7 +19,7 @@ import torch
 from PIL import ImageOps
 
 from s2cnet.backbone import BackboneMaps
-from s2cnet.candidates import GridConfig, anchored_candidates, candidates, canonical_ratio, unique_rows
+from s2cnet.candidates import GridConfig, anchored_candidates, anchored_free_candidates, candidates, canonical_ratio, unique_rows
 from s2cnet.checkpoint import load_checkpoint, weights_version
 from s2cnet.imageio import LoadedImage, open_image
 from s2cnet.model import S2CNet
@@ -293,7 +293,8 @@ class Cropper:
             objs, kinds = self._finish_objects(loaded, started, maps)
             w, h = loaded.original_size
             anchors = subject_anchors(objs, kinds, self.protected_objects)
-            per_ratio = [b if r is None else unique_rows(np.concatenate([b, anchored_candidates(w, h, r, anchors, self.grid)]))
+            per_ratio = [unique_rows(np.concatenate([b, anchored_free_candidates(w, h, anchors, self.grid) if r is None
+                                                     else anchored_candidates(w, h, r, anchors, self.grid)]))
                          for r, b in zip(keys, per_ratio)]
             scores = self._score(feat, scale, np.concatenate(per_ratio), objs)
             per_scores = np.split(scores, np.cumsum([len(b) for b in per_ratio])[:-1])

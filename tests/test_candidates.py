@@ -132,3 +132,19 @@ def test_anchored_candidates_centre_on_each_anchor_inside_the_photo():
     assert (np.abs((first[:, 0] + first[:, 2]) / 2 - 530) <= 1).all()
     assert (boxes[1::2, 0] == 0).all()  # pushed inside, not off the edge
     assert anchored_candidates(900, 600, "1:1", np.zeros((0, 4)), grid).shape == (0, 4)
+
+
+def test_free_crops_around_a_small_subject_go_below_the_grids_minimum_area():
+    from s2cnet.candidates import anchored_free_candidates
+
+    grid = GridConfig()
+    small, large = [600, 100, 680, 220], [100, 50, 800, 550]
+    boxes = anchored_free_candidates(900, 600, np.float64([small]), grid)
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]) / (900 * 600)
+    assert len(boxes) and area.min() >= grid.subject_min_area - 0.01 and area.max() < grid.min_area
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 900).all() and (boxes[:, 3] <= 600).all()
+    assert ((boxes[:, 0] <= small[0]) & (boxes[:, 1] <= small[1]) & (boxes[:, 2] >= small[2]) & (boxes[:, 3] >= small[3])).all()
+    aspects = (boxes[:, 2] - boxes[:, 0]) / (boxes[:, 3] - boxes[:, 1])
+    assert (aspects >= 1 / grid.max_aspect - 0.01).all() and (aspects <= grid.max_aspect + 0.01).all()
+    assert anchored_free_candidates(900, 600, np.float64([large]), grid).shape == (0, 4)  # no room under half the photo
+    assert anchored_free_candidates(900, 600, np.float64([small]), GridConfig(subject_min_area=0.5)).shape == (0, 4)
