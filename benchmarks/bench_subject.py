@@ -75,13 +75,17 @@ def methods(cropper, only_ugc: bool = False):
     return {"ugc-crop": ugc, "smartcrop.py": smartcrop_box, "centre crop": lambda im, r: centre_crop(im.size, r)}
 
 
-def duts_table(root: Path, limit: int, cropper, only_ugc: bool = False, first: bool = False) -> dict:
-    """``first``: the first photos by name, as this benchmark read them before, instead of the held-out ones."""
+def duts_table(root: Path, limit: int, cropper, only_ugc: bool = False, which: str = "heldout") -> dict:
+    """``which``: "heldout" (the first ``limit`` held-out photos by name: the benchmark), "calibration"
+    (the held-out photos after those: where the choice's weights are tuned), or "first" (the first
+    photos by name, as this benchmark read them before)."""
+    first = which == "first"
     from s2cnet.teacher_labels import heldout_ids
 
     # photos no head was trained on: the saliency head's validation photos and the subject heads' held-out ones
     held = {pid.split("/", 1)[1] for pid in heldout_ids(root.parent) if pid.startswith("duts/")}
-    names = sorted(p.stem for p in (root / "images").glob("*.jpg") if first or p.stem in held)[:limit]
+    names = sorted(p.stem for p in (root / "images").glob("*.jpg") if first or p.stem in held)
+    names = names[limit:] if which == "calibration" else names[:limit]
     stats: dict = {}
     mirror: dict = {}
     for name in names:
@@ -130,8 +134,11 @@ def main() -> None:
     ap.add_argument("--fcdb", type=Path, default=Path("../shared/data/fcdb"))
     ap.add_argument("--limit", type=int, default=300, help="DUTS photos (FCDB: at most its 138 held-out ones)")
     ap.add_argument("--weights", type=Path, default=None)
-    ap.add_argument("--duts-set", choices=["heldout", "first"], default="heldout",
-                    help="first: the first DUTS photos by name (most of them trained the saliency head), as before")
+    ap.add_argument("--duts-set", choices=["heldout", "calibration", "first"], default="heldout",
+                    help="calibration: the held-out DUTS photos after the first --limit (75), for tuning the choice; "
+                         "first: the first DUTS photos by name (most of them trained the saliency head), as before")
+    ap.add_argument("--saliency-weight", type=float, default=None, help="Cropper.saliency_weight (default: the shipped one)")
+    ap.add_argument("--no-fcdb", action="store_true", help="only the DUTS table")
     ap.add_argument("--only-ugc", action="store_true", help="only ugc-crop's rows (skip smartcrop.py and the centre crop)")
     ap.add_argument("--no-subject-heads", action="store_true",
                     help="the proposer as it was before the subject heads: Haar faces and saliency regions")
@@ -148,9 +155,10 @@ def main() -> None:
         from s2cnet.proposals import default_proposer
 
         proposer = default_proposer(head_state=load_checkpoint(args.weights or DEFAULT_WEIGHTS)[1]["saliency_head"])
-    cropper = Cropper.from_pretrained(args.weights, proposer=proposer)
+    extra = {} if args.saliency_weight is None else {"saliency_weight": args.saliency_weight}
+    cropper = Cropper.from_pretrained(args.weights, proposer=proposer, **extra)
     t0 = time.perf_counter()
-    duts = duts_table(args.duts, args.limit, cropper, args.only_ugc, first=args.duts_set == "first")
+    duts = duts_table(args.duts, args.limit, cropper, args.only_ugc, which=args.duts_set)
     print(f"\nDUTS: {duts['photos']} photos, human salient-object masks; model {cropper.model_version}\n")
     print("| method | ratio | cut (25-95% kept) | dropped (<25% kept) | cut or dropped | mass kept | mirror-consistent |")
     print("|---|---|---|---|---|---|---|")
@@ -159,6 +167,8 @@ def main() -> None:
         mc = f"{100 * m[0] / m[1]:.0f}%" if m else "(always)"
         print(f"| {method} | {ratio} | {100 * s['cut'] / s['n']:.1f}% | {100 * s['dropped'] / s['n']:.1f}% | "
               f"{100 * (s['cut'] + s['dropped']) / s['n']:.1f}% | {np.mean(s['kept']):.3f} | {mc} |")
+    if args.no_fcdb:
+        return
     fcdb = fcdb_table(args.fcdb, args.limit, cropper, args.only_ugc)
     print(f"\nFCDB held-out: {fcdb['photos']} photos, the crop a person drew\n")
     print("| method | crop | IoU | BDE |\n|---|---|---|---|")

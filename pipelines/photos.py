@@ -30,6 +30,7 @@ SCHEMA = pa.schema([
     ("objects_dropped", pa.int32()),  # protected objects it leaves out
     ("faces", pa.int32()),  # faces found that some crop of this ratio keeps whole
     ("faces_kept", pa.int32()),  # of those, the ones this crop keeps whole
+    ("saliency_kept", pa.float32()),  # share of the photo's saliency mass inside the crop
     ("thumbnail", pa.string()),  # the thumbnail's URI, when one was written
     ("model_version", pa.string()),
     ("error_kind", pa.string()),  # null when fine; one of ERROR_KINDS
@@ -131,6 +132,7 @@ def error_row(key: str, kind: str, error: str, model_version: str, size: tuple[i
     w, h = size or (None, None)
     return {"key": key, "width": w, "height": h, "ratio": ratio, "x1": None, "y1": None, "x2": None,
             "y2": None, "score": None, "objects_cut": None, "objects_dropped": None, "faces": None, "faces_kept": None,
+            "saliency_kept": None,
             "thumbnail": None, "model_version": model_version,
             "error_kind": kind, "error": error}
 
@@ -139,7 +141,8 @@ def crop_row(key: str, size: tuple[int, int], ratio: str, crop, model_version: s
     x1, y1, x2, y2 = (int(v) for v in crop.box)
     return {"key": key, "width": size[0], "height": size[1], "ratio": ratio, "x1": x1, "y1": y1, "x2": x2,
             "y2": y2, "score": float(crop.score), "objects_cut": len(crop.cut_objects),
-            "objects_dropped": len(crop.dropped_objects), "faces": crop.faces, "faces_kept": crop.kept_faces, "thumbnail": None,
+            "objects_dropped": len(crop.dropped_objects), "faces": crop.faces, "faces_kept": crop.kept_faces,
+            "saliency_kept": crop.saliency_kept, "thumbnail": None,
             "model_version": model_version, "error_kind": None if error is None else "thumbnail", "error": error}
 
 

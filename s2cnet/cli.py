@@ -131,7 +131,7 @@ def crop_one(cropper: Cropper, path: Path, args: argparse.Namespace, names: _Nam
         item = {"ratio": crop.ratio, "box": [x1, y1, x2, y2], "score": round(float(crop.score), 6),
                 "cut_objects": [[int(v) for v in b] for b in crop.cut_objects],
                 "dropped_objects": [[int(v) for v in b] for b in crop.dropped_objects],
-                "faces": crop.faces, "kept_faces": crop.kept_faces}
+                "faces": crop.faces, "kept_faces": crop.kept_faces, "saliency_kept": crop.saliency_kept}
         if names is not None:
             file = names(path.stem, f"_{ratio_name(crop.ratio)}.jpg")
             tile = image.crop(crop.box)

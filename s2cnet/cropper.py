@@ -29,6 +29,7 @@ from s2cnet.transforms import hflip_boxes, mirror_first, model_input
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "s2cnet.pt"
 DEFAULT_SHORT_SIDE = 256  # the model's input short side (GAIC's): photos are decoded no larger than it needs
+SALIENCY_WEIGHT = 1.0  # score units per share of the saliency mass kept, within the integrity margin (chosen on validation)
 
 
 @dataclass
@@ -40,6 +41,7 @@ class Crop:
     dropped_objects: list[tuple[int, int, int, int]] = field(default_factory=list)  # protected boxes it leaves out
     kept_faces: int = 0  # faces kept whole
     faces: int = 0  # faces found (that some candidate of this ratio could keep whole)
+    saliency_kept: float | None = None  # share of the photo's saliency mass inside the crop (None: no saliency map)
 
 
 def native_bf16() -> bool:
@@ -89,6 +91,7 @@ class Cropper:
     def __init__(self, model: S2CNet, proposer: Proposer | Callable | None = None, short_side: int = DEFAULT_SHORT_SIDE,
                  grid: GridConfig = GridConfig(),
                  model_version: str = "untrained", integrity_margin: float = 0.1, protected_objects: int = 3,
+                 saliency_weight: float = SALIENCY_WEIGHT,
                  bf16: bool | None = None, backbone_batch: int = 1, mirror_consistent: bool = True) -> None:
         self.model = inference_copy(model)
         self.proposer = as_proposer(proposer)
@@ -104,6 +107,7 @@ class Cropper:
         # ``integrity_margin`` of the best score that loses fewer of the first ``protected_objects``
         # other boxes (people, objects, salient regions) is preferred (see _choose).
         self.integrity_margin = integrity_margin
+        self.saliency_weight = saliency_weight
         self.protected_objects = protected_objects
         # crop_batch: photos per backbone call. 1 on a CPU (no faster batched, and bit-exact with
         # crop); ``to("cuda")`` raises it to 8 unless set.
@@ -212,10 +216,10 @@ class Cropper:
             return Proposals(pending.boxes, (OBJECT,) * len(pending.boxes))
         found = self.proposer.propose(loaded.image, pending.prepared.result(),
                                       maps if self.proposer.shares_backbone else None)
-        boxes, kinds = found if isinstance(found, Proposals) else (found, None)
+        boxes, kinds, saliency = found if isinstance(found, Proposals) else (found, None, None)
         sx, sy = loaded.scale
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4) * np.array([sx, sy, sx, sy], np.float32)
-        return Proposals(boxes, tuple(kinds) if kinds is not None else (OBJECT,) * len(boxes))
+        return Proposals(boxes, tuple(kinds) if kinds is not None else (OBJECT,) * len(boxes), saliency)
 
     def _oriented(self, loaded: LoadedImage) -> tuple[LoadedImage, bool]:
         """The photo in the orientation every choice is made in (``transforms.mirror_first``), and
@@ -290,7 +294,7 @@ class Cropper:
 
         def finish(loaded: LoadedImage, mirrored: bool, per_ratio: list[np.ndarray], started: PendingObjects,
                    feat: torch.Tensor, maps: BackboneMaps, scale: np.ndarray) -> Analysis:
-            objs, kinds = self._finish_objects(loaded, started, maps)
+            objs, kinds, saliency = self._finish_objects(loaded, started, maps)
             w, h = loaded.original_size
             anchors = subject_anchors(objs, kinds, self.protected_objects)
             per_ratio = [unique_rows(np.concatenate([b, anchored_free_candidates(w, h, anchors, self.grid) if r is None
@@ -298,7 +302,8 @@ class Cropper:
                          for r, b in zip(keys, per_ratio)]
             scores = self._score(feat, scale, np.concatenate(per_ratio), objs)
             per_scores = np.split(scores, np.cumsum([len(b) for b in per_ratio])[:-1])
-            crops = [self._choose(r, b, sc, objs, kinds) for r, b, sc in zip(keys, per_ratio, per_scores)]
+            masses = [None if saliency is None else mass_kept(b, saliency, (w, h)) for b in per_ratio]
+            crops = [self._choose(r, b, sc, objs, kinds, m) for r, b, sc, m in zip(keys, per_ratio, per_scores, masses)]
             analysis = Analysis(loaded.original_size, crops, dict(zip(keys, per_ratio)), dict(zip(keys, per_scores)), objs, kinds)
             return analysis.mirrored() if mirrored else analysis
 
@@ -318,14 +323,16 @@ class Cropper:
             yield finish(*begun, feat, maps, scale)
 
     def _choose(self, ratio: str | None, boxes: np.ndarray, s: np.ndarray, objs: np.ndarray,
-                kinds: tuple[str, ...] | None = None) -> Crop:
-        """The explicit choice, in two steps:
+                kinds: tuple[str, ...] | None = None, mass: np.ndarray | None = None) -> Crop:
+        """The explicit choice, in three steps:
 
         1. Faces: among the candidates that keep the most faces whole (counting only faces some
            candidate keeps whole), so a face is never cut or dropped when another crop keeps it.
         2. Other protected objects (the first ``protected_objects`` people, objects and salient
            regions): within ``integrity_margin`` of the best score left, the fewest lost (cut or
-           dropped, counting only objects some remaining candidate keeps whole); then the best score.
+           dropped, counting only objects some remaining candidate keeps whole).
+        3. Among those, the best of score + ``saliency_weight`` x the share of the saliency mass kept
+           (``mass``, when the proposer has a saliency map).
         """
         kinds = kinds if kinds is not None else (OBJECT,) * len(objs)
         kept = kept_share(boxes, objs)  # [N, M]
@@ -339,13 +346,15 @@ class Cropper:
         near = eligible & (s >= s[eligible].max() - self.integrity_margin)
         lost = (~whole[:, others]).sum(1)
         chosen = near & (lost == lost[near].min())  # near always holds the best eligible candidate
-        j = int(np.argmax(np.where(chosen, s, -np.inf)))
+        total = s if mass is None else s + self.saliency_weight * mass
+        j = int(np.argmax(np.where(chosen, total, -np.inf)))
         protected = faces + first_others
         as_box = lambda m: tuple(int(round(v)) for v in objs[m])  # noqa: E731
         cut = [as_box(m) for m in protected if DROPPED < kept[j, m] < KEEP_WHOLE]
         dropped = [as_box(m) for m in protected if kept[j, m] <= DROPPED]
         return Crop(ratio=ratio, box=tuple(int(v) for v in boxes[j]), score=float(s[j]), cut_objects=cut,
-                    dropped_objects=dropped, kept_faces=int(faces_kept[j]), faces=len(face_idx))
+                    dropped_objects=dropped, kept_faces=int(faces_kept[j]), faces=len(face_idx),
+                    saliency_kept=None if mass is None else round(float(mass[j]), 4))
 
 
 @dataclass
@@ -369,6 +378,22 @@ class Analysis:
 
 
 KEEP_WHOLE, DROPPED = 0.9, 0.1  # an object is kept whole at >= 90% inside the crop, dropped at <= 10%
+
+
+def mass_kept(crops: np.ndarray, saliency: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """[N] share of the saliency map's mass inside each crop (boxes in pixels of a ``size`` photo; the
+    map covers the whole photo at its own resolution), from an integral image of the map at 4x."""
+    up = torch.nn.functional.interpolate(torch.as_tensor(saliency, dtype=torch.float32)[None, None], scale_factor=4,
+                                         mode="bilinear", align_corners=False)[0, 0].double().numpy()
+    total = up.sum()
+    if len(crops) == 0 or total <= 0:
+        return np.ones(len(crops))
+    ii = np.pad(up.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    h, w = up.shape
+    c = np.asarray(crops, np.float64)
+    x1, x2 = (np.clip(np.round(c[:, k] * w / size[0]), 0, w).astype(int) for k in (0, 2))
+    y1, y2 = (np.clip(np.round(c[:, k] * h / size[1]), 0, h).astype(int) for k in (1, 3))
+    return (ii[y2, x2] - ii[y1, x2] - ii[y2, x1] + ii[y1, x1]) / total
 
 
 def kept_share(crops: np.ndarray, objects: np.ndarray) -> np.ndarray:

@@ -113,6 +113,7 @@ def render_overlay(image: Image.Image, boxes: np.ndarray, scores: np.ndarray, ob
         draw.rectangle((x1, y1, x2 - 1, y2 - 1), outline=colour, width=line + 1)
         terms = f"  faces {crop.kept_faces}/{crop.faces}" if crop.faces else ""
         terms += f"  cut {len(crop.cut_objects)}  dropped {len(crop.dropped_objects)}"
+        terms += f"  salient {crop.saliency_kept:.0%}" if crop.saliency_kept is not None else ""
         _label(draw, (line + 2, line + 2 + i * text_h), f"{crop.ratio or 'free'}  score {crop.score:.3f}{terms}", colour, font)
 
     if covered.any():  # legend: the ramp from the lowest to the highest per-pixel mean score

@@ -54,6 +54,9 @@ class Proposals(NamedTuple):
 
     boxes: np.ndarray
     kinds: tuple[str, ...]
+    # The saliency probabilities over the whole photo ([h, w], any resolution) when the proposer has
+    # them: the crop choice prefers, within its margin, the crop that keeps more of their mass.
+    saliency: np.ndarray | None = None
 
 
 class ImageProposer:
@@ -206,7 +209,8 @@ class SaliencyProposer:
     def proposals(self, image: Image.Image, maps: BackboneMaps | None = None,
                   faces: np.ndarray | None = None) -> Proposals:
         """Boxes and what each one is, faces first."""
-        boxes, mass = self.boxes_from_map(self.saliency_map(image, maps), image.width, image.height)
+        sal = self.saliency_map(image, maps)
+        boxes, mass = self.boxes_from_map(sal, image.width, image.height)
         faces = self.prepare(image) if faces is None else faces
         # faces, possible faces, people, main objects: a cut-off head is the worst failure
         tiers = [np.zeros((0, 4), np.float32)] * 4
@@ -222,12 +226,12 @@ class SaliencyProposer:
             kinds = [kind] * len(tier) + kinds
         boxes, mass = np.concatenate(ranked[::-1]), np.concatenate(ranks[::-1]).astype(np.float32)
         if len(boxes) == 0:
-            return Proposals(boxes, ())
+            return Proposals(boxes, (), sal)
         keep = nms(torch.from_numpy(boxes), torch.from_numpy(mass), 0.7).numpy()[: self.max_objects]
         out = boxes[keep]
         out[:, [0, 2]] = out[:, [0, 2]].clip(0, image.width)
         out[:, [1, 3]] = out[:, [1, 3]].clip(0, image.height)
-        return Proposals(out, tuple(kinds[i] for i in keep))
+        return Proposals(out, tuple(kinds[i] for i in keep), sal)
 
 
 class DetectorProposer(ImageProposer):

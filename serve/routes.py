@@ -100,6 +100,8 @@ class CropOut(BaseModel):
     dropped_objects: list[list[int]] = Field(description="protected object boxes the crop leaves out (under 10% inside)")
     faces: int = Field(description="faces found that some candidate of this ratio keeps whole")
     kept_faces: int = Field(description="of those, the faces this crop keeps whole (all of them whenever they fit together)")
+    saliency_kept: float | None = Field(default=None, description="share of the photo's saliency mass inside the crop "
+                                                                  "(null when the model has no saliency head)")
 
 
 class CropsResponse(BaseModel):

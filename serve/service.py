@@ -171,7 +171,7 @@ class CropService:
                 "crops": [{"ratio": c.ratio, "box": [int(v) for v in c.box], "score": round(float(c.score), 6),
                            "cut_objects": [[int(v) for v in b] for b in c.cut_objects],
                            "dropped_objects": [[int(v) for v in b] for b in c.dropped_objects],
-                           "faces": c.faces, "kept_faces": c.kept_faces} for c in crops],
+                           "faces": c.faces, "kept_faces": c.kept_faces, "saliency_kept": c.saliency_kept} for c in crops],
                 "model_version": model_version,
                 "timing_ms": {k: round(v, 2) for k, v in timing_ms.items()}}
 

@@ -453,3 +453,44 @@ def test_a_mirrored_photo_gets_the_mirrored_crops_and_scores(cropper: Cropper, c
         p, q = plain.crop(image, ratios), plain.crop(flipped, ratios)
         disagreed += sum(y.box != (w - x.box[2], x.box[1], w - x.box[0], x.box[3]) for x, y in zip(p, q))
     assert disagreed, "control: scored as given, some mirrored crop should differ (else this test proves nothing)"
+
+
+def test_mass_kept_is_the_share_of_the_map_inside_each_box() -> None:
+    from s2cnet.cropper import mass_kept
+
+    flat = np.ones((10, 20), np.float32)  # covers a 400 x 200 photo
+    got = mass_kept(np.array([[0, 0, 400, 200], [0, 0, 200, 200], [100, 50, 300, 150]]), flat, (400, 200))
+    np.testing.assert_allclose(got, [1.0, 0.5, 0.25], atol=0.02)
+    spot = np.zeros((10, 20), np.float32)
+    spot[2:4, 15:18] = 1  # all the mass at x 300-360, y 40-80
+    np.testing.assert_allclose(mass_kept(np.array([[280, 20, 380, 100], [0, 0, 200, 200]]), spot, (400, 200)), [1.0, 0.0],
+                               atol=0.06)
+
+
+class SaliencyProposer_(KindsProposer):
+    """No boxes, only a saliency map with all its mass in one corner of the photo."""
+
+    def __init__(self, corner: tuple[slice, slice]) -> None:
+        super().__init__(np.zeros((0, 4)), [])
+        self.corner = corner
+
+    def propose(self, image, prepared, maps) -> Proposals:
+        sal = np.zeros((16, 16), np.float32)
+        sal[self.corner] = 1
+        return Proposals(np.zeros((0, 4), np.float32), (), sal)
+
+
+def test_the_choice_keeps_more_of_the_saliency_mass_within_the_margin(cropper: Cropper, cat: Image.Image) -> None:
+    ratios = ["1:1", "9:16", "4:5"]
+    corner = (slice(0, 3), slice(0, 16))  # the top edge of the photo
+    plain = Cropper(cropper.model, proposer=SaliencyProposer_(corner), saliency_weight=0.0, mirror_consistent=False)
+    keen = Cropper(cropper.model, proposer=SaliencyProposer_(corner), saliency_weight=100.0, mirror_consistent=False)
+    a, b = plain.analyse(cat, ratios), keen.analyse(cat, ratios)
+    moved = 0
+    for x, y in zip(a.crops, b.crops):
+        assert y.saliency_kept >= x.saliency_kept
+        s = b.scores[y.ratio]
+        j = [tuple(v) for v in b.candidates[y.ratio].tolist()].index(y.box)
+        assert s[j] >= s.max() - keen.integrity_margin  # never outside the margin, however large the weight
+        moved += y.box != x.box
+    assert moved, "control: with the whole mass on the top edge some ratio's choice should move up"
