@@ -139,6 +139,7 @@ def main() -> None:
                          "first: the first DUTS photos by name (most of them trained the saliency head), as before")
     ap.add_argument("--saliency-weight", type=float, default=None, help="Cropper.saliency_weight (default: the shipped one)")
     ap.add_argument("--no-fcdb", action="store_true", help="only the DUTS table")
+    ap.add_argument("--mirror-consistent", action="store_true", help="Cropper(mirror_consistent=True): one canonical orientation")
     ap.add_argument("--only-ugc", action="store_true", help="only ugc-crop's rows (skip smartcrop.py and the centre crop)")
     ap.add_argument("--no-subject-heads", action="store_true",
                     help="the proposer as it was before the subject heads: Haar faces and saliency regions")
@@ -156,6 +157,7 @@ def main() -> None:
 
         proposer = default_proposer(head_state=load_checkpoint(args.weights or DEFAULT_WEIGHTS)[1]["saliency_head"])
     extra = {} if args.saliency_weight is None else {"saliency_weight": args.saliency_weight}
+    extra |= {"mirror_consistent": True} if args.mirror_consistent else {}
     cropper = Cropper.from_pretrained(args.weights, proposer=proposer, **extra)
     t0 = time.perf_counter()
     duts = duts_table(args.duts, args.limit, cropper, args.only_ugc, which=args.duts_set)

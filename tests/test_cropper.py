@@ -435,7 +435,8 @@ def test_batched_backbone_equals_photo_by_photo(cropper: Cropper, three_photos: 
 def test_a_mirrored_photo_gets_the_mirrored_crops_and_scores(cropper: Cropper, cat: Image.Image, astronaut: str) -> None:
     ratios = ["1:1", "16:9", "9:16", "4:5", None]
     disagreed = 0
-    plain = Cropper(cropper.model, proposer=cropper.proposer, mirror_consistent=False)
+    plain = Cropper(cropper.model, proposer=cropper.proposer)  # the default: every photo scored as given
+    cropper = Cropper(cropper.model, proposer=cropper.proposer, mirror_consistent=True)
     for image in (cat, Image.open(astronaut).convert("RGB")):
         flipped, w = ImageOps.mirror(image), image.width
         a, b = cropper.analyse(image, ratios), cropper.analyse(flipped, ratios)
