@@ -345,6 +345,8 @@ def _resources(cfg: JobConfig) -> tuple[int, int, float, bool]:
     return max(1, min(cfg.min_actors, largest)), largest, gpus, in_actor
 
 
+IO_TASK_MEMORY = 512 * 2**20  # bytes a fetch/decode or finish task reserves (Ray's logical memory resource)
+
 # Ray's core worker logs, at ERROR level, one line per actor pool that Ray Data starts: its actors get
 # their code as object references and restart by default (ray-project/ray#53727). Ray Data holds those
 # references for the whole run, so restarts work (the tests kill actors mid-run); the line is said
@@ -426,8 +428,11 @@ def run(cfg: JobConfig) -> Summary:
         ds = ray.data.from_arrow(work_blocks(work, per_block))
         env = _env_to_forward(cfg, started_here)
         runtime_env = {"env_vars": env} if env else None
+        # The I/O tasks reserve memory for a block's photo bytes and full-size decodes; asking for a
+        # resource the actors do not also keeps Ray Data from fusing them into the actors (it fuses
+        # a task stage into the next actor stage whenever their remote arguments are equal).
         io_args = {"batch_size": None, "batch_format": "pyarrow", "fn_kwargs": {"spec": spec}, "num_cpus": 1,
-                   **({"runtime_env": runtime_env} if runtime_env else {})}
+                   "memory": IO_TASK_MEMORY, **({"runtime_env": runtime_env} if runtime_env else {})}
         if not in_actor:  # Ray's batch-inference shape: CPU tasks feed the model actors
             ds = ds.map_batches(fetch_and_decode, **io_args)
         ds = ds.map_batches(CropWorker, fn_constructor_kwargs={"spec": spec}, batch_size=cfg.batch_size,

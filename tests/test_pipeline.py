@@ -234,12 +234,22 @@ def test_partial_run_then_resume_through_a_crash_equals_one_run(full_run, files,
     assert _comparable(rows_of(Location(f"s3://{BUCKET}/resumed/", bucket.endpoint_url))) == _comparable(rows)
 
 
-def test_io_stages_as_cpu_tasks_around_the_model_actors_give_the_same_rows(full_run, bucket, model):
+def test_io_stages_as_cpu_tasks_around_the_model_actors_give_the_same_rows(full_run, bucket, model, caplog):
     """The GPU cluster's shape (fetch and decode, then thumbnails, as CPU tasks; the actors run only the
     model), here on CPU: the same rows and the same thumbnails as the actors doing everything."""
+    import logging
+
     _, _, rows = full_run
     cfg = _with(job(bucket, "staged", model, thumbnails=f"s3://{BUCKET}/thumbs_staged/", io_stages="tasks"), actors=1)
-    summary = run(cfg)
+    with caplog.at_level(logging.INFO, logger="ray.data"):
+        logging.getLogger("ray.data").addHandler(caplog.handler)
+        try:
+            summary = run(cfg)
+        finally:
+            logging.getLogger("ray.data").removeHandler(caplog.handler)
+    # three operators, not fused into the actors (Ray Data fuses stages whose remote arguments are equal)
+    assert ("TaskPoolMapOperator[MapBatches(fetch_and_decode)] -> ActorPoolMapOperator[MapBatches(CropWorker)] -> "
+            "TaskPoolMapOperator[MapBatches(finish)]") in caplog.text, caplog.text[-2000:]
     assert summary.complete and summary.duplicates == 0
     got = rows_of(Location(cfg.output, bucket.endpoint_url))
     assert _comparable(got) == _comparable(rows)
