@@ -351,7 +351,7 @@ IO_TASK_MEMORY = 512 * 2**20  # bytes a fetch/decode or finish task reserves (Ra
 # their code as object references and restart by default (ray-project/ray#53727). Ray Data holds those
 # references for the whole run, so restarts work (the tests kill actors mid-run); the line is said
 # to be expected where the user sees it, so it is not taken for a failure of the job.
-RAY_ACTOR_ARGS_NOTE = ("crop_bucket: Ray will log one 'E ... core_worker.cc ... has constructor arguments in the object "
+RAY_ACTOR_ARGS_NOTE = ("crop_bucket note: Ray will log one 'E ... core_worker.cc ... has constructor arguments in the object "
                        "store and max_restarts > 0' line for the crop actors: expected, not an error of this job "
                        "(ray-project/ray#53727; actor restarts still work)")
 
