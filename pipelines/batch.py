@@ -106,6 +106,7 @@ class JobConfig:
     min_actors: int = _opt(1, "the pool's smallest size; it grows towards --actors as the autoscaler adds nodes")
     gpus_per_actor: float | None = _opt(None, "default: 1 when the cluster has GPUs, else 0")
     cpus_per_actor: float = _opt(1.0, "CPUs each actor holds (its torch threads)")
+    cpus_per_io_task: float = _opt(1.0, "CPUs each fetch/decode or thumbnail task holds (with the I/O stages as tasks)")
     io_stages: str = _opt("auto", "where photos are fetched and decoded and thumbnails written: 'tasks' (CPU tasks "
                                   "ahead of and after the model actors, so a GPU never waits on JPEG work), 'actors' "
                                   "(inside them: no object-store round trips), or 'auto' (tasks when the actors hold "
@@ -341,7 +342,7 @@ def _resources(cfg: JobConfig) -> tuple[int, int, float, bool]:
     elif gpus > 0:
         largest = max(1, int(res.get("GPU", 0) // gpus))
     else:  # CPU actors beside CPU I/O tasks leave those tasks a core
-        largest = max(1, int((res.get("CPU", 1) - (0 if in_actor else 1)) // cfg.cpus_per_actor))
+        largest = max(1, int((res.get("CPU", 1) - (0 if in_actor else cfg.cpus_per_io_task)) // cfg.cpus_per_actor))
     return max(1, min(cfg.min_actors, largest)), largest, gpus, in_actor
 
 
@@ -431,7 +432,7 @@ def run(cfg: JobConfig) -> Summary:
         # The I/O tasks reserve memory for a block's photo bytes and full-size decodes; asking for a
         # resource the actors do not also keeps Ray Data from fusing them into the actors (it fuses
         # a task stage into the next actor stage whenever their remote arguments are equal).
-        io_args = {"batch_size": None, "batch_format": "pyarrow", "fn_kwargs": {"spec": spec}, "num_cpus": 1,
+        io_args = {"batch_size": None, "batch_format": "pyarrow", "fn_kwargs": {"spec": spec}, "num_cpus": cfg.cpus_per_io_task,
                    "memory": IO_TASK_MEMORY, **({"runtime_env": runtime_env} if runtime_env else {})}
         if not in_actor:  # Ray's batch-inference shape: CPU tasks feed the model actors
             ds = ds.map_batches(fetch_and_decode, **io_args)

@@ -240,7 +240,9 @@ def test_io_stages_as_cpu_tasks_around_the_model_actors_give_the_same_rows(full_
     import logging
 
     _, _, rows = full_run
-    cfg = _with(job(bucket, "staged", model, thumbnails=f"s3://{BUCKET}/thumbs_staged/", io_stages="tasks"), actors=1)
+    # half a core each: the session's shared Ray has 2 CPUs, and a live Serve replica may hold one
+    cfg = _with(job(bucket, "staged", model, thumbnails=f"s3://{BUCKET}/thumbs_staged/", io_stages="tasks",
+                    cpus_per_actor=0.5, cpus_per_io_task=0.5), actors=1)
     with caplog.at_level(logging.INFO, logger="ray.data"):
         logging.getLogger("ray.data").addHandler(caplog.handler)
         try:
