@@ -301,9 +301,10 @@ class Cropper:
             per_ratio = [unique_rows(np.concatenate([b, anchored_free_candidates(w, h, anchors, self.grid) if r is None
                                                      else anchored_candidates(w, h, r, anchors, self.grid)]))
                          for r, b in zip(keys, per_ratio)]
-            scores = self._score(feat, scale, np.concatenate(per_ratio), objs)
-            per_scores = np.split(scores, np.cumsum([len(b) for b in per_ratio])[:-1])
-            masses = [None if saliency is None else mass_kept(b, saliency, (w, h)) for b in per_ratio]
+            boxes, cuts = np.concatenate(per_ratio), np.cumsum([len(b) for b in per_ratio])[:-1]
+            per_scores = np.split(self._score(feat, scale, boxes, objs), cuts)
+            # one integral image of the map serves every ratio's candidates
+            masses = [None] * len(keys) if saliency is None else np.split(mass_kept(boxes, saliency, (w, h)), cuts)
             crops = [self._choose(r, b, sc, objs, kinds, m) for r, b, sc, m in zip(keys, per_ratio, per_scores, masses)]
             analysis = Analysis(loaded.original_size, crops, dict(zip(keys, per_ratio)), dict(zip(keys, per_scores)), objs, kinds)
             return analysis.mirrored() if mirrored else analysis
