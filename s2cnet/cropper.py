@@ -23,7 +23,7 @@ from s2cnet.candidates import GridConfig, anchored_candidates, anchored_free_can
 from s2cnet.checkpoint import load_checkpoint, weights_version
 from s2cnet.imageio import LoadedImage, open_image
 from s2cnet.model import S2CNet
-from s2cnet.proposals import FACE, OBJECT, Proposals, Proposer, as_proposer
+from s2cnet.proposals import FACE, OBJECT, Proposals, Proposer, as_proposer, upsampled
 from s2cnet.transforms import hflip_boxes, mirror_first, model_input
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -384,9 +384,9 @@ KEEP_WHOLE, DROPPED = 0.9, 0.1  # an object is kept whole at >= 90% inside the c
 
 def mass_kept(crops: np.ndarray, saliency: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """[N] share of the saliency map's mass inside each crop (boxes in pixels of a ``size`` photo; the
-    map covers the whole photo at its own resolution), from an integral image of the map at 4x."""
-    up = torch.nn.functional.interpolate(torch.as_tensor(saliency, dtype=torch.float32)[None, None], scale_factor=4,
-                                         mode="bilinear", align_corners=False)[0, 0].double().numpy()
+    map covers the whole photo at its own resolution), from an integral image of the map at 4x, the
+    resolution the proposer reads its salient regions at."""
+    up = upsampled(saliency).astype(np.float64)
     total = up.sum()
     if len(crops) == 0 or total <= 0:
         return np.ones(len(crops))

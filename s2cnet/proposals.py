@@ -48,6 +48,12 @@ class Proposer(Protocol):
 FACE, POSSIBLE_FACE, PERSON, OBJECT, SALIENT = "face", "possible face", "person", "object", "salient"
 
 
+def upsampled(sal: np.ndarray) -> np.ndarray:
+    """A stride-16 saliency map at 4x (bilinear): the resolution its regions and mass are read at."""
+    return F.interpolate(torch.as_tensor(sal, dtype=torch.float32)[None, None], scale_factor=4, mode="bilinear",
+                         align_corners=False)[0, 0].numpy()
+
+
 class Proposals(NamedTuple):
     """A proposer's boxes [M, 4] (best first) and, per box, what it is: the crop choice never cuts or
     drops a face that some candidate keeps, and protects the other kinds within a score margin."""
@@ -167,7 +173,7 @@ class SaliencyProposer:
 
     def boxes_from_map(self, sal: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
         """Connected regions at each threshold -> (boxes in image pixels, saliency mass)."""
-        up = F.interpolate(torch.from_numpy(sal)[None, None], scale_factor=4, mode="bilinear", align_corners=False)[0, 0].numpy()
+        up = upsampled(sal)
         sy, sx = height / up.shape[0], width / up.shape[1]
         boxes, mass = [], []
         peak = float(up.max())
