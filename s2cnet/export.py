@@ -46,16 +46,17 @@ def export_model(checkpoint: str | Path, out: str | Path, card: dict | None = No
 
 def attach_subject_heads(model_file: str | Path, heads: str | Path) -> None:
     """Adds subject heads (``train_subject`` output, fitted on this file's backbone) to a shipped
-    model file in place, as fp16 ``{'config', 'state'}`` under ``subject_heads``, and records their
-    validation history in the card."""
+    model file in place, as fp16 ``{'config', 'state'}`` under ``subject_heads`` with the face
+    thresholds chosen on validation, and records their validation history in the card."""
     model_file, heads = Path(model_file), Path(heads)
     shipped = torch.load(model_file, map_location="cpu", weights_only=True)
     trained = torch.load(heads, map_location="cpu", weights_only=False)
-    shipped["subject_heads"] = {"config": trained["config"], "state": half(trained["heads"])}
+    thresholds = {k: trained[k] for k in ("face_threshold", "sure_face") if k in trained}  # chosen on validation
+    shipped["subject_heads"] = {"config": trained["config"], "state": half(trained["heads"]), **thresholds}
     torch.save(shipped, model_file)
     card_path = model_file.with_suffix(".json")
     card = json.loads(card_path.read_text()) if card_path.exists() else {}
-    card["subject_heads"] = {"config": trained["config"], "history": trained.get("history", []),
+    card["subject_heads"] = {"config": trained["config"], **thresholds, "history": trained.get("history", []),
                              "training_command": trained.get("command")}
     card_path.write_text(json.dumps(card, indent=2))
 

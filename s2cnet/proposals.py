@@ -284,7 +284,10 @@ def default_proposer(max_objects: int = 10, faces: bool = True, head_state: dict
     if head_state is not None:
         subject = load_subject_heads(subject_state) if subject_state is not None and faces else None
         detector = FaceDetector() if faces and subject is None else None
-        return SaliencyProposer(load_saliency_head(head_state), max_objects=max_objects, faces=detector, subject=subject)
+        # the heads' own face thresholds, chosen on validation (files from before carry none)
+        tiers = {k: subject_state[k] for k in ("face_threshold", "sure_face") if subject is not None and k in subject_state}
+        return SaliencyProposer(load_saliency_head(head_state), max_objects=max_objects, faces=detector, subject=subject,
+                                **tiers)
     if not SALIENCY_WEIGHTS.exists():
         raise FileNotFoundError(f"no saliency weights at {SALIENCY_WEIGHTS}")
     return SaliencyProposer(load_saliency(), max_objects=max_objects, faces=FaceDetector() if faces else None)

@@ -82,23 +82,39 @@ class Subjects:
 
 
 def decode_faces(maps: SubjectMaps, threshold: float = 0.4, max_faces: int = 20,
-                 overlap: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+                 overlap: float = 0.3, vote: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Heatmap peaks (3x3 local maxima) at or above ``threshold`` -> (boxes [F, 4] in input pixels,
-    scores), most confident first. A big face can peak twice a few cells apart: boxes overlapping a
-    more confident one by more than ``overlap`` IoU are the same face."""
+    scores), most confident first. With ``vote`` a peak's box is the heat-weighted mean of the boxes
+    its 3x3 neighbours predict (they are trained on the same face), which steadies small faces. A big
+    face can peak twice a few cells apart: boxes overlapping a more confident one by more than
+    ``overlap`` IoU are the same face."""
     heat = torch.sigmoid(maps.face_logits[0, 0].float())
     peaks = (heat == F.max_pool2d(heat[None, None], 3, 1, 1)[0, 0]) & (heat >= threshold)
     ys, xs = torch.nonzero(peaks, as_tuple=True)
     scores = heat[ys, xs]
     order = torch.argsort(scores, descending=True)[:max_faces]
     ys, xs, scores = ys[order], xs[order], scores[order]
-    box = maps.face_box[0].float()
-    cx = (xs + box[0, ys, xs]) * STRIDE
-    cy = (ys + box[1, ys, xs]) * STRIDE
-    w, h = box[2, ys, xs].exp() * STRIDE, box[3, ys, xs].exp() * STRIDE
-    boxes = torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
+    cells = cell_boxes(maps.face_box[0].float())  # [h, w, 4] in cells
+    if vote and len(ys):
+        h, w = heat.shape
+        dy, dx = torch.meshgrid(torch.arange(-1, 2), torch.arange(-1, 2), indexing="ij")
+        ny, nx = (ys[:, None] + dy.reshape(1, 9)).clamp(0, h - 1), (xs[:, None] + dx.reshape(1, 9)).clamp(0, w - 1)
+        wts = heat[ny, nx]  # [F, 9]
+        boxes = (cells[ny, nx] * wts[..., None]).sum(1) / wts.sum(1, keepdim=True)
+    else:
+        boxes = cells[ys, xs]
+    boxes = boxes * STRIDE
     keep = nms(boxes, scores, overlap)
     return boxes[keep].cpu().numpy().astype(np.float32), scores[keep].cpu().numpy().astype(np.float32)
+
+
+def cell_boxes(box: torch.Tensor) -> torch.Tensor:
+    """[..., 4, h, w] per-cell (dx, dy, log w/8, log h/8) -> [..., h, w, 4] x1, y1, x2, y2 in cells:
+    the box each cell predicts for the face whose centre is near it."""
+    ys, xs = torch.meshgrid(torch.arange(box.shape[-2]), torch.arange(box.shape[-1]), indexing="ij")
+    cx, cy = xs + box[..., 0, :, :], ys + box[..., 1, :, :]
+    w, h = box[..., 2, :, :].clamp(max=6).exp(), box[..., 3, :, :].clamp(max=6).exp()
+    return torch.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], -1)
 
 
 def subjects(maps: SubjectMaps, face_threshold: float = 0.4) -> Subjects:

@@ -8,12 +8,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from s2cnet.model import S2CNet
 from s2cnet.proposals import SaliencyProposer, default_proposer
 from s2cnet.saliency import SaliencyHead, SaliencyNet
-from s2cnet.subject import STRIDE, SubjectHeads, SubjectMaps, decode_faces, load_subject_heads, mask_regions
-from s2cnet.train_subject import FACE_SCORE, head_loss, match_faces, targets
+from s2cnet.subject import STRIDE, SubjectHeads, SubjectMaps, cell_boxes, decode_faces, load_subject_heads, mask_regions
+from s2cnet.train_subject import FACE_SCORE, cache_photo, collate, head_loss, match_faces, targets
 from s2cnet.transforms import model_input
 from tests.test_proposals import astronaut
 
@@ -27,7 +28,7 @@ def maps_from_targets(t: dict[str, np.ndarray]) -> SubjectMaps:
 
 def test_targets_decode_back_to_the_faces():
     faces = np.float32([[40, 50, 80, 102, 0.95], [150.5, 20, 166, 38, 0.8]])
-    t = targets(faces, np.zeros((256, 256), np.uint8), 32)
+    t = targets(faces, np.zeros((256, 256), np.uint8), (32, 32))
     assert t["centre"].sum() == 2 and t["heat"].max() == 1.0
     boxes, scores = decode_faces(maps_from_targets(t), threshold=0.5)
     assert len(boxes) == 2 and (scores > 0.99).all()
@@ -35,9 +36,47 @@ def test_targets_decode_back_to_the_faces():
     np.testing.assert_allclose(got, faces[:, :4][np.argsort(faces[:, 0])], atol=1e-3)
 
 
+def test_every_box_cell_decodes_to_its_face_on_a_wide_grid():
+    faces = np.float32([[40, 50, 80, 102, 0.95], [300, 20, 316, 38, 0.8]])
+    t = targets(faces, np.zeros((128, 384), np.uint8), (16, 48))
+    cells = t["box_weight"] > 0
+    assert t["box_weight"].max() == 1.0 and cells.sum() == 18  # each face: its centre cell and 8 neighbours
+    boxes = cell_boxes(torch.from_numpy(t["box"])[None])[0][torch.from_numpy(cells)].numpy() * STRIDE
+    for b in boxes:
+        assert np.abs(faces[:, :4] - b).max(1).min() < 1e-3
+    # the neighbours learn less than the centre, and the small face's far less than the big one's
+    assert t["box_weight"][cells].min() < 0.2 and t["box_weight"][9, 6] > t["box_weight"][2, 38]
+
+
+def test_cached_training_photos_are_what_the_cropper_computes_and_mirror_exactly(tmp_path):
+    torch.manual_seed(0)
+    backbone = S2CNet().eval().backbone
+    photo = tmp_path / "p.jpg"
+    astronaut().resize((300, 200)).save(photo)
+    (tmp_path / "masks" / "set").mkdir(parents=True)
+    classes = np.zeros((513, 513), np.uint8)
+    classes[:, :100] = 15
+    Image.fromarray(classes).save(tmp_path / "masks" / "set" / "p.png")
+    row = {"faces": [[30, 20, 60, 60] + [0] * 10 + [0.9]]}
+    plain = cache_photo(backbone, "set/p", photo, row, tmp_path, mirror=False)
+    mirror = cache_photo(backbone, "set/p", photo, row, tmp_path, mirror=True)
+    x, scale = model_input(Image.open(photo), (300, 200))
+    assert plain.grid == (x.shape[-2] // STRIDE, x.shape[-1] // STRIDE)
+    c8, fused, t = collate([plain])
+    with torch.no_grad():
+        want = backbone.pyramid(x)
+    torch.testing.assert_close(fused, want.fused, atol=2e-2, rtol=1e-2)  # the cache holds fp16 stages
+    np.testing.assert_allclose(plain.faces[0, :4], np.float32([30, 20, 90, 80]) * scale, rtol=1e-5)
+    width = x.shape[-1]
+    np.testing.assert_allclose(mirror.faces[0, [0, 2]], width - plain.faces[0, [2, 0]], rtol=1e-5)
+    np.testing.assert_allclose(mirror.targets["heat"].sum(), plain.targets["heat"].sum(), rtol=1e-5)
+    np.testing.assert_array_equal(mirror.person, plain.person[:, ::-1])
+    assert plain.person[:, 0].all() and not plain.person[:, -1].any()
+
+
 def test_unsure_and_tiny_faces_carry_no_loss_either_way():
     faces = np.float32([[40, 40, 90, 100, FACE_SCORE - 0.1], [200, 200, 204, 204, 0.99]])
-    t = targets(faces, np.zeros((256, 256), np.uint8), 32)
+    t = targets(faces, np.zeros((256, 256), np.uint8), (32, 32))
     assert t["centre"].sum() == 0 and t["heat"].max() == 0
     assert t["weight"][5:12, 5:11].max() == 0  # the unsure face's box is "don't care"
     assert t["weight"][25, 25] == 0 and t["weight"][0, 0] == 1
@@ -48,7 +87,7 @@ def test_masks_are_the_share_of_each_cell():
     classes[0:8, 0:4] = 15  # half a cell of person
     classes[64:128, 64:128] = 12  # a dog: an object, not a person
     classes[200:208, 200:208] = 255  # PASCAL's "void" border: neither
-    m = targets(np.zeros((0, 5), np.float32), classes, 32)["masks"]
+    m = targets(np.zeros((0, 5), np.float32), classes, (32, 32))["masks"]
     assert m[0, 0, 0] == 0.5 and m[1, 0, 0] == 0.5
     assert m[0, 8:16, 8:16].max() == 0 and m[1, 8:16, 8:16].min() == 1
     assert m[:, 25, 25].max() == 0
@@ -58,7 +97,7 @@ def test_a_perfect_student_has_a_lower_loss_than_a_random_one():
     faces = np.float32([[40, 50, 80, 102, 0.95]])
     classes = np.zeros((256, 256), np.uint8)
     classes[100:200, 30:120] = 15
-    t = targets(faces, classes, 32)
+    t = targets(faces, classes, (32, 32))
     batch = {k: torch.from_numpy(v)[None] for k, v in t.items()}
     perfect = head_loss(maps_from_targets(t), batch)
     torch.manual_seed(0)
@@ -143,9 +182,24 @@ def test_decode_faces_keeps_the_strongest_peaks():
     logits[0, 0, 3, 4], logits[0, 0, 3, 5], logits[0, 0, 10, 10] = 4.0, 3.0, 1.0  # (3,5) is no local max
     box = torch.zeros(1, 4, 16, 16)
     box[:, 2:] = math.log(2.0)
-    boxes, scores = decode_faces(SubjectMaps(logits, box, torch.zeros(1, 2, 16, 16)), threshold=0.5)
+    boxes, scores = decode_faces(SubjectMaps(logits, box, torch.zeros(1, 2, 16, 16)), threshold=0.5, vote=False)
     assert len(boxes) == 2 and scores[0] > scores[1]
     np.testing.assert_allclose(boxes[0], [4 * STRIDE - STRIDE, 3 * STRIDE - STRIDE, 4 * STRIDE + STRIDE, 3 * STRIDE + STRIDE])
+
+
+def test_the_vote_averages_what_the_neighbours_predict_for_the_same_face():
+    logits = torch.full((1, 1, 16, 16), -6.0)
+    logits[0, 0, 5, 5], logits[0, 0, 5, 6] = 4.0, 4.0 - 1e-3  # the peak and one confident neighbour
+    box = torch.zeros(1, 4, 16, 16)
+    box[0, 0, 5, 5], box[0, 0, 5, 6] = 0.5, -0.5  # both point at the centre x = 5.5 cells
+    box[0, 2:, 5, 5], box[0, 2:, 5, 6] = math.log(2.0), math.log(3.0)  # and disagree on the size
+    maps = SubjectMaps(logits, box, torch.zeros(1, 2, 16, 16))
+    voted, _ = decode_faces(maps, threshold=0.5)
+    alone, _ = decode_faces(maps, threshold=0.5, vote=False)
+    np.testing.assert_allclose(alone[0], np.float32([4.5, 4, 6.5, 6]) * STRIDE, atol=1e-4)
+    assert len(voted) == 1
+    np.testing.assert_allclose((voted[0][0] + voted[0][2]) / 2, 5.5 * STRIDE, atol=0.2)  # same centre (the cold cells weigh ~0)
+    assert 2 * STRIDE < voted[0][2] - voted[0][0] < 3 * STRIDE  # a size between the two
 
 
 def test_attached_heads_ship_in_the_model_file_and_replace_the_cascade(tmp_path):
@@ -160,12 +214,14 @@ def test_attached_heads_ship_in_the_model_file_and_replace_the_cascade(tmp_path)
                 "saliency_head": half(SaliencyHead().state_dict())}, model_file)
     heads = SubjectHeads(width=32, blocks=2)
     torch.save({"heads": heads.state_dict(), "config": {"width": 32, "blocks": 2}, "history": [{"epoch": 0}],
-                "command": "python -m s2cnet.train_subject --epochs 1"}, tmp_path / "heads.pt")
+                "command": "python -m s2cnet.train_subject --epochs 1", "face_threshold": 0.45, "sure_face": 0.65},
+               tmp_path / "heads.pt")
     before = Cropper.from_pretrained(model_file)
     assert before.proposer.subject is None and before.proposer.faces is not None
     attach_subject_heads(model_file, tmp_path / "heads.pt")
     after = Cropper.from_pretrained(model_file)
     assert after.proposer.subject is not None and after.proposer.faces is None
+    assert (after.proposer.face_threshold, after.proposer.sure_face) == (0.45, 0.65)  # chosen on validation, shipped
     assert after.model_version != before.model_version  # new proposals: resumed jobs redo their photos
     state = torch.load(model_file, weights_only=True)["subject_heads"]["state"]
     assert all(v.dtype == torch.float16 for v in state.values() if v.is_floating_point())
