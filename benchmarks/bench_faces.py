@@ -7,10 +7,12 @@ On the held-out photos (``s2cnet.teacher_labels.heldout_ids``: GAICD test, FCDB 
 one in ten of the rest) after the first 300 (training's validation photos, where the face thresholds
 were chosen; ``--skip 0 --limit 300`` shows those), against YuNet's labels (score >= 0.6; its unsure rows are "don't care"):
 face recall and precision per face size (the longer box side over the photo's short side), for
-the heads and for the cascade; person-mask IoU against DeepLabV3; time per photo on one core; and,
-on the held-out photos with a face of at least 5%, the share of those faces that the chosen crop
-cuts (keeps 10-90% of the box) or drops (keeps under 10%) per ratio, for ugc-crop with the heads,
-ugc-crop with the cascade (the previous proposer), smartcrop.py and a centre crop. Prints tables.
+the heads, for the cascade, and for YuNet itself run at the heads' input size (short side 256: what
+that resolution allows a good detector, against its own labels at 640 px); person-mask IoU against
+DeepLabV3; time per photo on one core; and, on the held-out photos with a face of at least 5%, the
+share of those faces that the chosen crop cuts (keeps 10-90% of the box) or drops (keeps under 10%)
+per ratio, for ugc-crop with the heads, ugc-crop with the cascade (the previous proposer),
+smartcrop.py and a centre crop. Prints tables.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from s2cnet.cropper import DEFAULT_WEIGHTS, Cropper, kept_share  # noqa: E402
 from s2cnet.imageio import open_image  # noqa: E402
 from s2cnet.proposals import FaceDetector, default_proposer  # noqa: E402
 from s2cnet.subject import PERSON, decode_faces, mask_regions, subjects  # noqa: E402
-from s2cnet.teacher_labels import heldout_ids, photo_list  # noqa: E402
+from s2cnet.teacher_labels import YuNet, heldout_ids, photo_list  # noqa: E402
 from s2cnet.train_subject import FACE_SCORE, MIN_FACE, PERSON_CLASS, assign_faces, face_boxes, face_size, read_faces  # noqa: E402
 from s2cnet.transforms import model_input  # noqa: E402
 
@@ -102,9 +104,10 @@ def main(argv: list[str] | None = None) -> None:
     _, ck = load_checkpoint(args.weights)
     cascade_cropper = Cropper.from_pretrained(args.weights, proposer=default_proposer(head_state=ck["saliency_head"]), bf16=False)
     haar = FaceDetector()
+    yunet = YuNet(args.data / "teachers" / "face_detection_yunet.onnx", score=FACE_SCORE)
     backbone = heads_cropper.model.backbone
 
-    heads_tally, haar_tally = Tally(), Tally()
+    heads_tally, haar_tally, yunet_tally = Tally(), Tally(), Tally()
     sweep: list = []
     inter = union = 0.0
     person_ious: list[float] = []
@@ -140,6 +143,9 @@ def main(argv: list[str] | None = None) -> None:
         cascade = haar(loaded.image)
         ms["Haar cascade"].append(time.perf_counter() - t4)
         haar_tally.add(cascade * np.float32([sx, sy, sx, sy]), np.ones(len(cascade), np.float32), truth, short)
+        yunet.side = max(x.shape[-2:])  # the teacher at the student's resolution
+        small = face_boxes({"faces": yunet(loaded.image).tolist()})
+        yunet_tally.add(small[:, :4] * np.float32([sx, sy, sx, sy]), small[:, 4], truth, short)
         # person mask against DeepLab, at stride 8 of the model input
         person = torch.sigmoid(raw.mask_logits[0, PERSON]).numpy() >= 0.5
         teacher = Image.open(args.labels / "masks" / f"{pid}.png").resize(person.shape[::-1], Image.NEAREST)
@@ -153,10 +159,12 @@ def main(argv: list[str] | None = None) -> None:
             with_faces.append((path, counted))
 
     print(f"## Faces against YuNet, {len(photos)} held-out photos (IoU >= 0.5)\n")
-    print("| face size | faces | heads recall | heads precision | Haar recall | Haar precision |")
-    print("|---|---|---|---|---|---|")
-    for (name, n, r, p), (_, _, hr, hp) in zip(heads_tally.rows(), haar_tally.rows()):
-        print(f"| {name} | {n} | {r:.3f} | {p:.3f} | {hr:.3f} | {hp:.3f} |")
+    print(f"Heads: faces from heatmap {proposer.face_threshold}, sure faces from {proposer.sure_face}\n")
+    print("| face size | faces | heads recall | heads precision | Haar recall | Haar precision "
+          "| YuNet at the heads' input: recall | precision |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (name, n, r, p), (_, _, hr, hp), (_, _, yr, yp) in zip(heads_tally.rows(), haar_tally.rows(), yunet_tally.rows()):
+        print(f"| {name} | {n} | {r:.3f} | {p:.3f} | {hr:.3f} | {hp:.3f} | {yr:.3f} | {yp:.3f} |")
     if args.sweep:
         print("\n| threshold | recall (>= 5%) | precision (>= 5%) |\n|---|---|---|")
         for t in (0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6):

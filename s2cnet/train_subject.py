@@ -139,8 +139,8 @@ def build_cache(backbone, data: Path, labels: Path, ids: set[str], path: Path, m
                 limit: int | None = None) -> list[CachedPhoto]:
     """Cached photos for ``ids`` (and their mirrors with ``mirrored``), read from ``path`` when a
     previous run wrote it."""
-    if path.exists():
-        return torch.load(path, map_location="cpu", weights_only=False)
+    if path.exists():  # stored as plain dicts: a pickled class would be tied to the module that wrote it
+        return [CachedPhoto(**d) for d in torch.load(path, map_location="cpu", weights_only=False)]
     faces = read_faces(labels)
     out: list[CachedPhoto] = []
     t0 = time.time()
@@ -154,7 +154,7 @@ def build_cache(backbone, data: Path, labels: Path, ids: set[str], path: Path, m
         if limit and len(out) >= limit:
             break
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(out, path)
+    torch.save([vars(p) for p in out], path)
     return out
 
 

@@ -13,7 +13,9 @@
 #      test split is only ever read by the final evaluation
 #   4. the subject heads (faces, people, main objects) on the shipped backbone (frozen): teacher labels
 #      from YuNet and DeepLabV3 over GAICD, DUTS and FCDB (~5 min on both cores, cached in
-#      runs/teachers), then 12 epochs of training (~50 min), added to s2cnet/weights/s2cnet.pt
+#      runs/teachers), the backbone's outputs cached once per photo and mirror (~5 min), then 20 epochs
+#      of the heads on the cache (~50 min), added to s2cnet/weights/s2cnet.pt with the face thresholds
+#      chosen on validation
 # The ImageNet file and the teachers are training inputs only: the project ships what it trains.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,7 +47,7 @@ HEADS=runs/subject_heads.pt  # both steps resume: labelled photos and finished e
 for s in 0 1; do $PY -m s2cnet.teacher_labels --data "$DATA" --out runs/teachers --shard $s/2 & done
 wait
 $PY -m s2cnet.train_subject --data "$DATA" --labels runs/teachers --backbone-from s2cnet/weights/s2cnet.pt \
-    --out $HEADS --epochs 12 --val-photos 300 --threads 2
+    --out $HEADS --epochs 20 --val-photos 300 --threads 2
 $PY -m s2cnet.export --into s2cnet/weights/s2cnet.pt --subject-heads $HEADS
 $PY -m s2cnet.evaluate --data "$DATA/gaicd" --split test --objects all --fcdb "$DATA/fcdb" --json runs/eval.json
 export_weights --metrics runs/eval.json
