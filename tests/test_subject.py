@@ -14,7 +14,7 @@ from s2cnet.model import S2CNet
 from s2cnet.proposals import SaliencyProposer, default_proposer
 from s2cnet.saliency import SaliencyHead, SaliencyNet
 from s2cnet.subject import STRIDE, SubjectHeads, SubjectMaps, cell_boxes, decode_faces, load_subject_heads, mask_regions
-from s2cnet.train_subject import FACE_SCORE, cache_photo, collate, head_loss, match_faces, targets
+from s2cnet.train_subject import FACE_SCORE, backbone_digest, cache_photo, collate, head_loss, match_faces, targets
 from s2cnet.transforms import model_input
 from tests.test_proposals import astronaut
 
@@ -72,6 +72,16 @@ def test_cached_training_photos_are_what_the_cropper_computes_and_mirror_exactly
     np.testing.assert_allclose(mirror.targets["heat"].sum(), plain.targets["heat"].sum(), rtol=1e-5)
     np.testing.assert_array_equal(mirror.person, plain.person[:, ::-1])
     assert plain.person[:, 0].all() and not plain.person[:, -1].any()
+
+
+def test_the_cache_is_named_by_the_backbone_weights_alone():
+    torch.manual_seed(0)
+    a, b = S2CNet().backbone, S2CNet().backbone
+    b.load_state_dict(a.state_dict())
+    assert backbone_digest(a) == backbone_digest(b)  # same weights, another object (and another model file)
+    with torch.no_grad():
+        b.stage16[0].conv[0][0].weight[0, 0, 0, 0] += 1e-3
+    assert backbone_digest(a) != backbone_digest(b)
 
 
 def test_unsure_and_tiny_faces_carry_no_loss_either_way():
