@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from s2cnet.checkpoint import chosen_checkpoint, half, model_config
+from s2cnet.subject import FACE_TIERS
 
 
 def export_model(checkpoint: str | Path, out: str | Path, card: dict | None = None,
@@ -51,7 +52,7 @@ def attach_subject_heads(model_file: str | Path, heads: str | Path) -> None:
     model_file, heads = Path(model_file), Path(heads)
     shipped = torch.load(model_file, map_location="cpu", weights_only=True)
     trained = torch.load(heads, map_location="cpu", weights_only=False)
-    thresholds = {k: trained[k] for k in ("face_threshold", "sure_face") if k in trained}  # chosen on validation
+    thresholds = {k: trained[k] for k in FACE_TIERS if k in trained}
     shipped["subject_heads"] = {"config": trained["config"], "state": half(trained["heads"]), **thresholds}
     torch.save(shipped, model_file)
     card_path = model_file.with_suffix(".json")

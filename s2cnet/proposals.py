@@ -24,7 +24,7 @@ from torchvision.ops import nms
 
 from s2cnet.backbone import BackboneMaps
 from s2cnet.saliency import SALIENCY_WEIGHTS, SaliencyHead, SaliencyNet, load_saliency, load_saliency_head
-from s2cnet.subject import STRIDE, SubjectHeads, load_subject_heads, mask_regions, subjects
+from s2cnet.subject import FACE_TIERS, STRIDE, SubjectHeads, load_subject_heads, mask_regions, subjects
 from s2cnet.transforms import model_input
 
 
@@ -285,7 +285,7 @@ def default_proposer(max_objects: int = 10, faces: bool = True, head_state: dict
         subject = load_subject_heads(subject_state) if subject_state is not None and faces else None
         detector = FaceDetector() if faces and subject is None else None
         # the heads' own face thresholds, chosen on validation (files from before carry none)
-        tiers = {k: subject_state[k] for k in ("face_threshold", "sure_face") if subject is not None and k in subject_state}
+        tiers = {k: subject_state[k] for k in FACE_TIERS if subject is not None and k in subject_state}
         return SaliencyProposer(load_saliency_head(head_state), max_objects=max_objects, faces=detector, subject=subject,
                                 **tiers)
     if not SALIENCY_WEIGHTS.exists():

@@ -29,6 +29,9 @@ from s2cnet.checkpoint import widen
 STRIDE = 8
 STAGE8_CHANNELS = 32
 PERSON, OBJECT = 0, 1  # mask channels
+# the face thresholds a model file ships with its heads (chosen on validation): faces proposed from the
+# first, "sure" (never cut by the crop choice) from the second
+FACE_TIERS = ("face_threshold", "sure_face")
 
 
 class SeparableBlock(nn.Module):

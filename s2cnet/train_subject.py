@@ -184,10 +184,15 @@ def batches(photos: list[CachedPhoto], order: list[int], batch_size: int, rng: r
     return out
 
 
-def collate(photos: list[CachedPhoto]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+def features(photos: list[CachedPhoto]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The heads' inputs (stride-8 stage, fused map) for photos of one grid size."""
     c8, c16, c32 = (torch.stack([p.stages[k] for p in photos]).float() for k in range(3))
+    return c8, fuse(c8, c16, c32)
+
+
+def collate(photos: list[CachedPhoto]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     t = {k: torch.from_numpy(np.stack([p.targets[k] for p in photos])) for k in photos[0].targets}
-    return c8, fuse(c8, c16, c32), t
+    return *features(photos), t
 
 
 def head_loss(maps: SubjectMaps, t: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -263,8 +268,7 @@ def evaluate(heads: SubjectHeads, photos: list[CachedPhoto]) -> dict:
     counts = {t: np.zeros(4, np.int64) for t in THRESHOLDS}
     inter = union = 0
     for ph in photos:
-        c8, fused, _ = collate([ph])
-        maps = heads(c8, fused)
+        maps = heads(*features([ph]))
         boxes, scores = decode_faces(maps, min(THRESHOLDS))
         short = min(ph.grid) * STRIDE
         for t in THRESHOLDS:
