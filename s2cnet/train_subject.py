@@ -2,7 +2,7 @@
 
     python -m s2cnet.teacher_labels --out runs/teachers            # once: YuNet + DeepLab labels
     python -m s2cnet.train_subject --labels runs/teachers --backbone-from s2cnet/weights/s2cnet.pt \
-        --out runs/subject_heads.pt --epochs 40 --threads 2
+        --out runs/subject_heads.pt --epochs 20 --threads 2
 
 The backbone stays frozen (BatchNorm statistics included), so crop scores do not move: the heads
 only add what the proposer protects. Because it is frozen, its stage outputs are computed once per
@@ -293,7 +293,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/subject_heads.pt"))
     ap.add_argument("--cache", type=Path, default=None,
                     help="folder of cached backbone outputs (default <out>.cache; named by the backbone's weights)")
-    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--width", type=int, default=128)
