@@ -24,6 +24,7 @@ from s2cnet.checkpoint import load_checkpoint, weights_version
 from s2cnet.imageio import LoadedImage, open_image
 from s2cnet.model import S2CNet
 from s2cnet.proposals import FACE, OBJECT, Proposals, Proposer, as_proposer, upsampled
+from s2cnet.runtime import keep_freed_memory
 from s2cnet.transforms import hflip_boxes, mirror_first, model_input
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -93,6 +94,7 @@ class Cropper:
                  model_version: str = "untrained", integrity_margin: float = 0.1, protected_objects: int = 3,
                  saliency_weight: float = SALIENCY_WEIGHT,
                  bf16: bool | None = None, backbone_batch: int = 1, mirror_consistent: bool = False) -> None:
+        keep_freed_memory()  # glibc: reuse freed activations instead of faulting in fresh pages (runtime.py)
         self.model = inference_copy(model)
         self.proposer = as_proposer(proposer)
         self.device = torch.device("cpu")
@@ -147,6 +149,7 @@ class Cropper:
                         **kwargs) -> Cropper:
         """Loads the committed weights (or ``path``); ``proposer=None`` disables object proposals;
         ``device`` ("cuda", "cuda:1", ...) moves it there (default: the CPU)."""
+        keep_freed_memory()  # before the weights load: their blocks then sit on the heap too
         path = Path(path) if path is not None else DEFAULT_WEIGHTS
         if not path.exists():
             raise FileNotFoundError(f"no S2CNet weights at {path}")

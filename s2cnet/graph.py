@@ -74,6 +74,14 @@ class SpatialEdges(nn.Module):
         return bias, torch.sigmoid(weight), None
 
 
+def small_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` in float32 even under bf16 autocast: the per-graph K x K products are too small to
+    gain from bf16, and on a CPU oneDNN builds a new bf16 kernel for every new batch shape (about 1 ms
+    each; every photo brings a new candidate count), which cost more than the products themselves."""
+    with torch.autocast(a.device.type, enabled=False):
+        return a.float() @ b.float()
+
+
 def graph_tokens(crops: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
     """Crop tokens [N, D] and the M object tokens every graph shares [M, D] -> [N, 1+M, D]."""
     return torch.cat([crops[:, None], objects[None].expand(len(crops), -1, -1)], dim=1)
@@ -90,7 +98,7 @@ class SemanticEdges(nn.Module):
     def forward(self, crops: torch.Tensor, objects: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """crops [N, D], shared objects [M, D] -> (bias [N, H, K, K], adjacency [N, K, K])."""
         z = graph_tokens(F.normalize(self.proj(crops), dim=-1), F.normalize(self.proj(objects), dim=-1))
-        sim = z @ z.transpose(1, 2)  # [N, K, K]
+        sim = small_matmul(z, z.transpose(1, 2))  # [N, K, K]
         return self.scale[None, :, None, None] * sim[:, None], sim.clamp(min=0)
 
 
@@ -115,7 +123,7 @@ class AggregationGate(nn.Module):
 
         def mixed(weight: torch.Tensor) -> torch.Tensor:  # A (x W^T), with x W^T computed per distinct token
             t = F.linear(tokens, weight)
-            return a @ graph_tokens(t[:n], t[n:])
+            return small_matmul(a, graph_tokens(t[:n], t[n:]))
 
         own = F.linear(tokens, self.gate.weight[:, :d])
         g = torch.sigmoid(graph_tokens(own[:n], own[n:]) + mixed(self.gate.weight[:, d:]) + self.gate.bias)
@@ -142,13 +150,18 @@ class SpatialSemanticAttention(nn.Module):
         object rows are never read out, so skipping them is exact and saves most of that layer."""
         n, k, d = x.shape
         hd = d // self.heads
-        qkv = F.linear(self.norm1(x), self.qkv.weight, self.qkv.bias).view(n, k, 3, self.heads, hd)
-        kk, v = qkv[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)  # [N, H, K, hd]
         rows = 1 if first_only else k
-        q = qkv[:, :rows, 0].transpose(1, 2)
-        logits = q @ kk.transpose(-1, -2) / math.sqrt(hd) + bias[:, :, :rows]
+        h, w, b = self.norm1(x), self.qkv.weight, self.qkv.bias
+        if first_only:  # keys and values of every node, the query of node 0 alone
+            kv = F.linear(h, w[d:], b[d:]).view(n, k, 2, self.heads, hd)
+            q = F.linear(h[:, :1], w[:d], b[:d]).view(n, 1, self.heads, hd)
+        else:
+            qkv = F.linear(h, w, b).view(n, k, 3, self.heads, hd)
+            q, kv = qkv[:, :, 0], qkv[:, :, 1:]
+        q, kk, v = q.transpose(1, 2), kv[:, :, 0].transpose(1, 2), kv[:, :, 1].transpose(1, 2)  # [N, H, rows or K, hd]
+        logits = small_matmul(q, kk.transpose(-1, -2)) / math.sqrt(hd) + bias[:, :, :rows]
         if keep is not None:
             logits = logits.masked_fill(~keep[:, None, :rows], float("-inf"))
         attn = self.drop(logits.softmax(-1))
-        x = x[:, :rows] + self.drop(self.out((attn @ v).transpose(1, 2).reshape(n, rows, d)))
+        x = x[:, :rows] + self.drop(self.out(small_matmul(attn, v).transpose(1, 2).reshape(n, rows, d)))
         return x + self.drop(self.mlp(self.norm2(x)))

@@ -9,8 +9,8 @@ import torch
 
 from s2cnet.backbone import FusedMobileNetV2
 from s2cnet.cropper import inference_copy
-from s2cnet.graph import AggregationGate, SemanticEdges, SpatialSemanticAttention, graph_tokens, pair_geometry
-from s2cnet.model import S2CNet, S2CNetConfig
+from s2cnet.graph import AggregationGate, SemanticEdges, SpatialSemanticAttention, graph_tokens, pair_geometry, small_matmul
+from s2cnet.model import S2CNet, S2CNetConfig, box_position
 from s2cnet.roi import box_coverage, rod_features, roi_features
 
 H, W = 64, 96  # small input: a 4x6 stride-16 map
@@ -366,6 +366,22 @@ def test_same_padding_matches_explicit_tf_padding_and_keeps_the_state_dict() -> 
         torch.testing.assert_close(folded(x), same(x), rtol=0, atol=1e-4 * float(same(x).abs().max()))
 
 
+@pytest.mark.parametrize("size", [(32, 48), (33, 47), (31, 31)])
+def test_same_padding_without_a_padded_copy_equals_padding_the_input(size: tuple[int, int]) -> None:
+    """Every strided conv (the stem and the depthwise ones), on even and odd inputs, channels-last too:
+    the zero-tap kernel reads exactly what TF's one-sided pad feeds the plain conv."""
+    torch.manual_seed(1)
+    same = FusedMobileNetV2(16, tf_padding=True).eval()
+    for conv in [m for m in same.modules() if type(m).__name__ == "SamePadConv2d"]:
+        x = torch.randn(1, conv.in_channels, *size)
+        ph, pw = (max((-n) % 2 + 1, 0) for n in size)  # TF "SAME" for a 3x3 kernel at stride 2
+        want = torch.nn.functional.conv2d(torch.nn.functional.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)),
+                                          conv.weight, conv.bias, 2, 0, 1, conv.groups)
+        with torch.no_grad():
+            torch.testing.assert_close(conv(x), want, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(conv(x.contiguous(memory_format=torch.channels_last)), want, rtol=1e-5, atol=1e-5)
+
+
 def test_model_config_selects_the_padding() -> None:
     model = S2CNet(S2CNetConfig(node_dim=64, tf_padding=True))
     assert model.backbone.tf_padding
@@ -381,3 +397,24 @@ def test_graph_head_is_one_named_part_and_old_files_still_load() -> None:
     again.load_state_dict(old_layout)
     with torch.no_grad():
         torch.testing.assert_close(again(_image(), CROPS, OBJECTS), model(_image(), CROPS, OBJECTS))
+
+
+def test_node_encoder_as_one_matmul_equals_its_conv() -> None:
+    """The node conv runs as a linear (no oneDNN kernel per candidate count); the state dict and the
+    result stay the conv's."""
+    model = _model(CONFIGS["disemb"]).eval()
+    with torch.no_grad():
+        feat = model.features(_image())
+        s = model.cfg.align_size
+        x = torch.cat([roi_features(feat, CROPS, s, 16), rod_features(feat, CROPS, s, 16)], dim=1)
+        want = model.nodes.conv(x) + model.nodes.position(box_position(CROPS, W, H))
+        torch.testing.assert_close(model.nodes(feat, CROPS, W, H), want, rtol=1e-5, atol=1e-5)
+    assert "nodes.conv.0.weight" in model.state_dict()
+
+
+def test_small_matmul_stays_float32_under_bf16_autocast() -> None:
+    a, b = torch.randn(5, 4, 3, 8), torch.randn(5, 4, 8, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = small_matmul(a.bfloat16(), b)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, a.bfloat16().float() @ b)
