@@ -5,8 +5,9 @@ the heap top past 128 KB, so each photo's activations (up to ~10 MB each) come b
 that the kernel must fault in and zero. Measured on the 2-core machine with the shipped weights:
 about 100 ms a photo before the allocator settles (its threshold only rises as it sees larger
 blocks freed), 80 ms with large blocks kept on the heap. jemalloc or tcmalloc (``LD_PRELOAD``)
-do the same; a user who preloads one of them, or sets glibc's own malloc variables, is left alone
-(so ``MALLOC_TRIM_THRESHOLD_=131072`` restores glibc's behaviour).
+do the same; a user who preloads one of them, or sets glibc's own malloc variables, is left alone,
+and ``S2CNET_KEEP_FREED_MEMORY=0`` keeps glibc's defaults (setting any glibc variable, even to its
+default, turns its dynamic threshold off, which is slower still).
 """
 
 from __future__ import annotations
@@ -19,13 +20,15 @@ import sys
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
 MMAP_THRESHOLD = 32 << 20  # glibc's largest allowed value on 64-bit: every activation stays on the heap
 TRIM_THRESHOLD = 256 << 20  # free heap kept before returning memory to the OS
+OPT_OUT = "S2CNET_KEEP_FREED_MEMORY"  # "0": glibc's defaults
 
 _done: bool | None = None
 
 
 def user_chose_allocator(env) -> bool:
-    """glibc's malloc variables set, or another allocator preloaded (jemalloc, tcmalloc, mimalloc)."""
-    return (any(k.startswith("MALLOC_") and k.endswith("_") for k in env)
+    """glibc's malloc variables set, another allocator preloaded (jemalloc, tcmalloc, mimalloc), or
+    this setting turned off."""
+    return (env.get(OPT_OUT) == "0" or any(k.startswith("MALLOC_") and k.endswith("_") for k in env)
             or "malloc" in env.get("GLIBC_TUNABLES", "") or "malloc" in env.get("LD_PRELOAD", ""))
 
 
