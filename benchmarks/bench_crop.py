@@ -36,6 +36,27 @@ def smartcrop_all_ratios(path: Path) -> list[tuple[int, int, int, int]]:
     return out
 
 
+STAGES = {"_load": "decode", "_backbone": "backbone", "_finish_objects": "proposals (heads, NMS)",
+          "_score": "S2CNet scoring (nodes and graph)", "_choose": "the choice (all ratios)"}
+
+
+def timed_stages(cropper) -> dict[str, float]:
+    """Wraps the Cropper's stages with timers (seconds summed per stage); its results are unchanged."""
+    spent = dict.fromkeys(STAGES.values(), 0.0)
+    for attr, name in STAGES.items():
+        inner = getattr(cropper, attr)
+
+        def timed(*a, _inner=inner, _name=name, **kw):
+            t = time.perf_counter()
+            try:
+                return _inner(*a, **kw)
+            finally:
+                spent[_name] += time.perf_counter() - t
+
+        setattr(cropper, attr, timed)
+    return spent
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--data", type=Path, default=Path("../shared/data/gaicd"))
@@ -44,6 +65,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the face worker is one more)")
     ap.add_argument("--weights", type=Path, default=None, help="S2CNet weights (default: the committed ones)")
     ap.add_argument("--glibc-default", action="store_true", help="leave glibc's allocator as it is (S2CNET_KEEP_FREED_MEMORY=0)")
+    ap.add_argument("--stages", action="store_true", help="also print the Cropper's time per photo by stage")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from s2cnet import Cropper
@@ -56,6 +78,7 @@ def main() -> None:
     paths = [args.data / "images" / f"{i}.jpg" for i in ids]
     cropper = Cropper.from_pretrained(args.weights)
     cropper.crop_batch(paths[:2], RATIOS)  # warm-up
+    spent = timed_stages(cropper) if args.stages else {}
 
     t0 = time.perf_counter()
     for i in range(0, len(paths), args.batch):
@@ -78,6 +101,11 @@ def main() -> None:
     print("| method | images/s |\n|---|---|")
     print(f"| ugc-crop Cropper.crop_batch (proposals + S2CNet) | {ours:.1f} |")
     print(f"| smartcrop.py 0.5 (crop() per ratio) | {theirs:.1f} |")
+    if spent:
+        print("\n| ugc-crop stage | ms a photo |\n|---|---|")
+        for name, seconds in spent.items():
+            print(f"| {name} | {seconds / len(paths) * 1e3:.1f} |")
+        print(f"| all (1 / images/s) | {1e3 / ours:.1f} |")
 
 
 if __name__ == "__main__":
