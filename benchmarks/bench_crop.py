@@ -6,8 +6,6 @@ Both run in one process on this machine's cores; photos are decoded from their f
 The Cropper computes on torch's threads (``--threads``, default 1): the shipped proposer's heads
 (faces, people, objects, saliency) read the scorer's own backbone pass. Only a proposer with an
 image-only stage (the Haar cascade, for weights without subject heads) uses a second thread.
-The Cropper keeps freed activations on the heap (``s2cnet.runtime``); ``--glibc-default`` measures
-without that (both methods then run on glibc's default allocator).
 """
 
 from __future__ import annotations
@@ -64,15 +62,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (the face worker is one more)")
     ap.add_argument("--weights", type=Path, default=None, help="S2CNet weights (default: the committed ones)")
-    ap.add_argument("--glibc-default", action="store_true", help="leave glibc's allocator as it is (S2CNET_KEEP_FREED_MEMORY=0)")
     ap.add_argument("--stages", action="store_true", help="also print the Cropper's time per photo by stage")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     from s2cnet import Cropper
-    from s2cnet.runtime import OPT_OUT, keep_freed_memory
-
-    if args.glibc_default:
-        os.environ[OPT_OUT] = "0"
 
     ids = json.loads((args.data / "split.json").read_text())["test"][: args.limit]
     paths = [args.data / "images" / f"{i}.jpg" for i in ids]
@@ -96,7 +89,7 @@ def main() -> None:
     kind = f"{heads} on the S2CNet backbone" if shared else type(proposer).__name__ if proposer is not None else "none"
     print(f"\n{len(paths)} GAICD test photos (1024 px long side), ratios {','.join(RATIOS)}, "
           f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}, "
-          f"bf16 graph head {cropper.bf16}, proposals: {kind}, freed memory kept {keep_freed_memory()}, "
+          f"bf16 graph head {cropper.bf16}, proposals: {kind}, graph chunk {cropper.graph_chunk}, "
           f"model {cropper.model_version}\n")
     print("| method | images/s |\n|---|---|")
     print(f"| ugc-crop Cropper.crop_batch (proposals + S2CNet) | {ours:.1f} |")

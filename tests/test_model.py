@@ -418,3 +418,13 @@ def test_small_matmul_stays_float32_under_bf16_autocast() -> None:
         got = small_matmul(a.bfloat16(), b)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, a.bfloat16().float() @ b)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 64])
+def test_graph_in_chunks_gives_the_same_scores(chunk: int) -> None:
+    model = _model(CONFIGS["disemb"]).eval()
+    with torch.no_grad():
+        feat = model.features(_image())
+        whole = model.score_crops(feat, CROPS, OBJECTS, W, H)
+        torch.testing.assert_close(model.score_crops(feat, CROPS, OBJECTS, W, H, chunk=chunk), whole, rtol=1e-5, atol=1e-5)
+        assert model.score_crops(feat, CROPS[:0], OBJECTS, W, H, chunk=chunk).shape == (0,)
