@@ -98,8 +98,9 @@ class Cropper:
         self.proposer = as_proposer(proposer)
         self.device = torch.device("cpu")
         self._pool: ThreadPoolExecutor | None = None  # one worker: face detection beside the backbone
-        # The graph head's matmuls in bfloat16 where the CPU has native bf16 (AVX512-BF16/AMX): ~1.6x
-        # faster scoring, ranking unchanged on GAICD (see README); None picks it from the hardware.
+        # The graph head's large matmuls in bfloat16 where the CPU has native bf16 (AVX512-BF16/AMX):
+        # 85 against 92 ms a photo on the 2-core machine, ranking unchanged on GAICD (docs/experiments.md);
+        # None picks it from the hardware.
         self.bf16 = native_bf16() if bf16 is None else bf16
         self.short_side = short_side
         self.grid = grid
