@@ -102,8 +102,7 @@ def main() -> None:
         return
     # Each method in a fresh process: in a shared one, the second inherits the first's allocator state
     # (glibc's mmap threshold rises with the blocks freed), which moved smartcrop.py by up to 30%.
-    passed = [a for a in sys.argv[1:] if a != "--stages"]
-    runs = {m: json.loads(subprocess.run([sys.executable, __file__, *passed, "--method", m], check=True,
+    runs = {m: json.loads(subprocess.run([sys.executable, __file__, *sys.argv[1:], "--method", m], check=True,
                                          capture_output=True, text=True).stdout.splitlines()[-1])
             for m in ("ugc", "smartcrop")}
     ours = runs["ugc"]

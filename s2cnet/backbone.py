@@ -41,7 +41,7 @@ class SamePadConv2d(nn.Conv2d):
 
     The one-sided pad is never materialised: a zero tap in front of the kernel plus symmetric padding
     reads the same pixels with the same weights (bit-exact), where padding a channels-last input took
-    about a sixth of the CPU scoring time."""
+    16% of the Cropper's time in one CPU profile."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pad_h = max((-x.shape[-2]) % self.stride[0] + self.kernel_size[0] - self.stride[0], 0)

@@ -133,9 +133,8 @@ class Cropper:
         if device.type != "cpu" and self.bf16 and not native_bf16():
             self.bf16 = False  # the bf16 default was the CPU's choice
         self.device = device
-        if device.type == "cuda" and self.backbone_batch == 1:
-            self.backbone_batch = 8
         if device.type == "cuda":
+            self.backbone_batch = 8 if self.backbone_batch == 1 else self.backbone_batch
             self.graph_chunk = None  # chunks exist for a CPU's cache; a GPU wants every candidate in one call
         return self
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from s2cnet.backbone import FusedMobileNetV2
@@ -72,11 +71,7 @@ class NodeEncoder(nn.Module):
     def forward(self, feat: torch.Tensor, boxes: torch.Tensor, width: float, height: float) -> torch.Tensor:
         s = self.cfg.align_size
         x = torch.cat([roi_features(feat, boxes, s, STRIDE), rod_features(feat, boxes, s, STRIDE)], dim=1)
-        # the conv's kernel covers its whole input, so it is one matmul; as a linear it needs no new
-        # oneDNN kernel per candidate count (about 1 ms for each new count on a CPU under bf16)
-        conv = self.conv[0]
-        x = F.relu(F.linear(x.flatten(1), conv.weight.flatten(1), conv.bias))
-        return x + self.position(box_position(boxes, width, height))
+        return self.conv(x) + self.position(box_position(boxes, width, height))
 
 
 GRAPH_PARTS = ("spatial.", "semantic.", "gate.", "layers.", "type_embed", "norm.")  # keys before the head had a name
@@ -146,8 +141,8 @@ class S2CNet(nn.Module):
         obj_tokens = (self.nodes(feat, objects, width, height) if len(objects)
                       else crop_tokens.new_zeros(0, crop_tokens.shape[1]))
         step = chunk or max(len(crops), 1)  # every candidate's graph is its own: chunks change nothing but memory
-        x = torch.cat([self.graph(crop_tokens[i : i + step], obj_tokens, crops[i : i + step], objects, width, height)
-                       for i in range(0, max(len(crops), 1), step)])
+        x = torch.cat([self.graph(t, obj_tokens, c, objects, width, height)
+                       for t, c in zip(crop_tokens.split(step), crops.split(step))])
         with torch.autocast(x.device.type, enabled=False):  # fp32 readout: low-precision scores would tie
             return self.readout(x).squeeze(-1)
 

@@ -10,7 +10,7 @@ import torch
 from s2cnet.backbone import FusedMobileNetV2
 from s2cnet.cropper import inference_copy
 from s2cnet.graph import AggregationGate, SemanticEdges, SpatialSemanticAttention, graph_tokens, pair_geometry, small_matmul
-from s2cnet.model import S2CNet, S2CNetConfig, box_position
+from s2cnet.model import S2CNet, S2CNetConfig
 from s2cnet.roi import box_coverage, rod_features, roi_features
 
 H, W = 64, 96  # small input: a 4x6 stride-16 map
@@ -397,19 +397,6 @@ def test_graph_head_is_one_named_part_and_old_files_still_load() -> None:
     again.load_state_dict(old_layout)
     with torch.no_grad():
         torch.testing.assert_close(again(_image(), CROPS, OBJECTS), model(_image(), CROPS, OBJECTS))
-
-
-def test_node_encoder_as_one_matmul_equals_its_conv() -> None:
-    """The node conv runs as a linear (no oneDNN kernel per candidate count); the state dict and the
-    result stay the conv's."""
-    model = _model(CONFIGS["disemb"]).eval()
-    with torch.no_grad():
-        feat = model.features(_image())
-        s = model.cfg.align_size
-        x = torch.cat([roi_features(feat, CROPS, s, 16), rod_features(feat, CROPS, s, 16)], dim=1)
-        want = model.nodes.conv(x) + model.nodes.position(box_position(CROPS, W, H))
-        torch.testing.assert_close(model.nodes(feat, CROPS, W, H), want, rtol=1e-5, atol=1e-5)
-    assert "nodes.conv.0.weight" in model.state_dict()
 
 
 def test_small_matmul_stays_float32_under_bf16_autocast() -> None:
