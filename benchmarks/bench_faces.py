@@ -77,6 +77,25 @@ class Tally:
                  self.tp[b] / max(self.tp[b] + self.fp[b], 1)) for b in range(len(BUCKETS))]
 
 
+def teacher_resolution(photos: list[tuple[str, Path]], labels: dict, data: Path, sides: list[int]) -> None:
+    """YuNet at smaller long sides against its own 640-px labels: the recall a dedicated face detector
+    keeps at a resolution, and what that resolution costs it on one core (decoding excluded)."""
+    yunet = YuNet(data / "teachers" / "face_detection_yunet.onnx", score=FACE_SCORE)
+    images = [(open_image(p).image, face_boxes(labels[pid])) for pid, p in photos]
+    print(f"## YuNet at smaller sizes against its own labels at 640 px, {len(images)} held-out photos\n")
+    print("| long side | recall (>= 5%) | precision (>= 5%) | recall 5-10% | ms per photo (one core) |")
+    print("|---|---|---|---|---|")
+    for side in sides:
+        yunet.side, tally, ms = side, Tally(), []
+        for image, truth in images:
+            t0 = time.perf_counter()
+            found = face_boxes({"faces": yunet(image).tolist()})
+            ms.append(time.perf_counter() - t0)
+            tally.add(found[:, :4], found[:, 4], truth, min(image.size))
+        rows = tally.rows()
+        print(f"| {side} | {rows[-1][2]:.3f} | {rows[-1][3]:.3f} | {rows[1][2]:.3f} | {1000 * np.median(ms):.1f} |")
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path("../shared/data"))
@@ -89,12 +108,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-crops", action="store_true", help="skip the crop table (the slow part)")
     ap.add_argument("--sweep", action="store_true",
                     help="also print recall / precision (faces >= 5%%) per heatmap threshold")
+    ap.add_argument("--teacher-sides", default=None,
+                    help="only print YuNet's own recall / precision and time on one core at these long sides, e.g. "
+                         "320,384,512,640: what resolution (and time) a good face detector needs for a given recall")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     held, labels = heldout_ids(args.data), read_faces(args.labels)
     photos = [(pid, p) for pid, p in photo_list(args.data) if pid in held and pid in labels][args.skip :]
     photos = photos[: args.limit]
 
+    if args.teacher_sides:
+        teacher_resolution(photos, labels, args.data, [int(v) for v in args.teacher_sides.split(",")])
+        return
     heads_cropper = Cropper.from_pretrained(args.weights, bf16=False)
     proposer = heads_cropper.proposer
     if getattr(proposer, "subject", None) is None:
@@ -124,7 +149,7 @@ def main(argv: list[str] | None = None) -> None:
             maps = backbone.pyramid(x.contiguous(memory_format=torch.channels_last))
             t1 = time.perf_counter()
             # what proposer.subjects does, once: the heads, their face decoding and the mask regions
-            raw = proposer.subject(maps.stride8, maps.fused)
+            raw = proposer.subject(maps.stride8, maps.fused, maps.stride4)
             found = subjects(raw, proposer.face_threshold)
             mask_regions(found.person), mask_regions(found.objects)
             t2 = time.perf_counter()

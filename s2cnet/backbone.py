@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 FUSED_CHANNELS = 32 + 96 + 320  # MobileNetV2 widths at strides 8, 16 and 32
+STRIDE4_LAYERS = 4  # features[:4] end at stride 4 (24 channels), inside the stride-8 stage
 
 
 class BackboneMaps(NamedTuple):
@@ -23,6 +24,7 @@ class BackboneMaps(NamedTuple):
 
     stride8: torch.Tensor  # [B, 32, H/8, W/8]: the stride-8 stage (small faces need it)
     fused: torch.Tensor  # [B, 448, H/16, W/16]: strides 8, 16 and 32 fused, before the 1x1 reduction
+    stride4: torch.Tensor | None = None  # [B, 24, H/4, W/4]: inside the stride-8 stage (where a small face's box edges are)
 
 
 def fuse(c8: torch.Tensor, c16: torch.Tensor, c32: torch.Tensor) -> torch.Tensor:
@@ -88,17 +90,23 @@ class FusedMobileNetV2(nn.Module):
 
     def stages(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The three stage outputs at strides 8, 16 and 32 (what ``fuse`` joins)."""
+        c4, c8, c16, c32 = self.stages_from4(x)
+        return c8, c16, c32
+
+    def stages_from4(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The stride-4 map inside the stride-8 stage, then the three stage outputs: one pass."""
         # A frozen stride-8 stage needs no autograd graph: that saves most of a CPU training step.
         with torch.set_grad_enabled(torch.is_grad_enabled() and any(p.requires_grad for p in self.stage8.parameters())):
-            c8 = self.stage8(x)
+            c4 = self.stage8[:STRIDE4_LAYERS](x)
+            c8 = self.stage8[STRIDE4_LAYERS:](c4)
         c16 = self.stage16(c8)
-        return c8, c16, self.stage32(c16)
+        return c4, c8, c16, self.stage32(c16)
 
     def pyramid(self, x: torch.Tensor) -> BackboneMaps:
-        """The stride-8 stage and the fused map: the scorer reads the fused map, the saliency and
-        subject heads read them too."""
-        c8, c16, c32 = self.stages(x)
-        return BackboneMaps(c8, fuse(c8, c16, c32))
+        """The stride-4 and stride-8 maps and the fused map: the scorer reads the fused map, the
+        saliency and subject heads read them too."""
+        c4, c8, c16, c32 = self.stages_from4(x)
+        return BackboneMaps(c8, fuse(c8, c16, c32), c4)
 
     def fused(self, x: torch.Tensor) -> torch.Tensor:
         """The 448-channel stride-16 map before reduction."""

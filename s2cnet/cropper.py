@@ -202,7 +202,7 @@ class Cropper:
                 part = idx[start : start + self.backbone_batch]
                 feat, maps = self._backbone(torch.cat([inputs[i][0] for i in part]))
                 for k, i in enumerate(part):
-                    one = BackboneMaps(maps.stride8[k : k + 1], maps.fused[k : k + 1])
+                    one = BackboneMaps(*(m[k : k + 1] for m in maps))
                     out[i] = (feat[k : k + 1], one, inputs[i][1])
         return out
 

@@ -196,7 +196,7 @@ class SaliencyProposer:
     def subjects(self, image: Image.Image, maps: BackboneMaps) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(sure faces, possible faces, people, main objects) from the subject heads, boxes in
         ``image``'s pixels, each best first."""
-        found = subjects(self.subject(maps.stride8, maps.fused), self.face_threshold)
+        found = subjects(self.subject(maps.stride8, maps.fused, maps.stride4), self.face_threshold)
         h8, w8 = found.person.shape
         scale = np.float32([image.width / (w8 * STRIDE), image.height / (h8 * STRIDE)] * 2)
         people = mask_regions(found.person)[0]

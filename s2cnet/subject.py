@@ -28,6 +28,7 @@ from s2cnet.checkpoint import widen
 
 STRIDE = 8
 STAGE8_CHANNELS = 32
+STAGE4_CHANNELS = 24
 PERSON, OBJECT = 0, 1  # mask channels
 # the face thresholds a model file ships with its heads (chosen on validation): faces proposed from the
 # first, "sure" (never cut by the crop choice) from the second
@@ -37,9 +38,9 @@ FACE_TIERS = ("face_threshold", "sure_face")
 class SeparableBlock(nn.Module):
     """Depthwise 3x3 then pointwise 1x1, residual: a receptive field for little compute on one core."""
 
-    def __init__(self, width: int) -> None:
+    def __init__(self, width: int, dilation: int = 1) -> None:
         super().__init__()
-        self.dw = nn.Conv2d(width, width, 3, padding=1, groups=width)
+        self.dw = nn.Conv2d(width, width, 3, padding=dilation, dilation=dilation, groups=width)
         self.pw = nn.Conv2d(width, width, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -57,19 +58,31 @@ class SubjectMaps:
 
 
 class SubjectHeads(nn.Module):
-    def __init__(self, width: int = 128, blocks: int = 4) -> None:
+    """detail: the stride-4 map joins at stride 8 (each 2x2 block of it as channels, a pixel
+    unshuffle), so a 15-px face's edges are seen at 4-px resolution without a stride-4 trunk.
+    dilated: the trunk's blocks dilate 1, 1, 2, 4..., so a cell sees the whole of a face filling a
+    third of the photo instead of a 9x9-cell window of it."""
+
+    def __init__(self, width: int = 128, blocks: int = 4, detail: bool = False, dilated: bool = False) -> None:
         super().__init__()
         self.fine = nn.Sequential(nn.Conv2d(STAGE8_CHANNELS, width, 1), nn.ReLU(inplace=True))
         self.context = nn.Sequential(nn.Conv2d(FUSED_CHANNELS, width, 1), nn.ReLU(inplace=True))
-        self.trunk = nn.Sequential(*(SeparableBlock(width) for _ in range(blocks)))
+        self.detail = nn.Sequential(nn.Conv2d(4 * STAGE4_CHANNELS, width, 1), nn.ReLU(inplace=True)) if detail else None
+        rates = [1 if not dilated or i < 2 else 2 ** (i - 1) for i in range(blocks)]
+        self.trunk = nn.Sequential(*(SeparableBlock(width, r) for r in rates))
         self.face = nn.Conv2d(width, 5, 1)
         self.masks = nn.Conv2d(width, 2, 1)
         with torch.no_grad():  # CenterNet's prior: few cells are face centres, so training starts calm
             self.face.bias[0] = -2.19
 
-    def forward(self, c8: torch.Tensor, fused: torch.Tensor) -> SubjectMaps:
+    def forward(self, c8: torch.Tensor, fused: torch.Tensor, c4: torch.Tensor | None = None) -> SubjectMaps:
         ctx = F.interpolate(self.context(fused), size=c8.shape[-2:], mode="bilinear", align_corners=False)
-        x = self.trunk(self.fine(c8) + ctx)
+        x = self.fine(c8) + ctx
+        if self.detail is not None:
+            if c4 is None:
+                raise ValueError("these subject heads read the stride-4 map too: pass BackboneMaps.stride4")
+            x = x + self.detail(F.pixel_unshuffle(c4, 2))
+        x = self.trunk(x)
         face = self.face(x)
         return SubjectMaps(face[:, :1], face[:, 1:], self.masks(x))
 

@@ -108,7 +108,7 @@ class CachedPhoto:
     and the stride-8 targets, with the teacher faces in input pixels for evaluation."""
 
     id: str
-    stages: tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # [32, h, w], [96, h/2, w/2], [320, h/4, w/4]
+    stages: tuple[torch.Tensor, ...]  # [32, h, w], [96, h/2, w/2], [320, h/4, w/4], [24, 2h, 2w] (stride 4)
     targets: dict[str, np.ndarray]
     faces: np.ndarray  # [F, 5] x1, y1, x2, y2, score in input pixels
     person: np.ndarray  # [h, w] bool: DeepLab's "person" at stride 8 (nearest), as the benchmark reads it
@@ -131,7 +131,8 @@ def cache_photo(backbone, pid: str, path: Path, row: dict, labels: Path, mirror:
         x = x.flip(-1)
         faces[:, [0, 2]] = width - faces[:, [2, 0]]
         classes = classes[:, ::-1]
-    stages = tuple(s[0].half() for s in backbone.stages(x.contiguous(memory_format=torch.channels_last)))
+    c4, c8, c16, c32 = backbone.stages_from4(x.contiguous(memory_format=torch.channels_last))
+    stages = tuple(s[0].half() for s in (c8, c16, c32, c4))
     grid = (height // STRIDE, width // STRIDE)
     person = np.asarray(Image.fromarray(np.ascontiguousarray(classes)).resize(grid[::-1], Image.NEAREST)) == PERSON_CLASS
     return CachedPhoto(pid, stages, targets(faces, np.ascontiguousarray(classes), grid), faces, person)
@@ -184,13 +185,13 @@ def batches(photos: list[CachedPhoto], order: list[int], batch_size: int, rng: r
     return out
 
 
-def features(photos: list[CachedPhoto]) -> tuple[torch.Tensor, torch.Tensor]:
-    """The heads' inputs (stride-8 stage, fused map) for photos of one grid size."""
-    c8, c16, c32 = (torch.stack([p.stages[k] for p in photos]).float() for k in range(3))
-    return c8, fuse(c8, c16, c32)
+def features(photos: list[CachedPhoto]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The heads' inputs (stride-8 stage, fused map, stride-4 map) for photos of one grid size."""
+    c8, c16, c32, c4 = (torch.stack([p.stages[k] for p in photos]).float() for k in range(4))
+    return c8, fuse(c8, c16, c32), c4
 
 
-def collate(photos: list[CachedPhoto]) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+def collate(photos: list[CachedPhoto]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     t = {k: torch.from_numpy(np.stack([p.targets[k] for p in photos])) for k in photos[0].targets}
     return *features(photos), t
 
@@ -298,6 +299,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--blocks", type=int, default=4)
+    ap.add_argument("--detail", action="store_true", help="the heads also read the stride-4 map (small faces' edges)")
+    ap.add_argument("--dilated", action="store_true", help="dilate the trunk's later blocks (large faces)")
     ap.add_argument("--face-repeat", type=int, default=3,
                     help="photos with a face are seen this many times per epoch (about one photo in four has one)")
     ap.add_argument("--val-photos", type=int, default=300,
@@ -318,13 +321,13 @@ def main(argv: list[str] | None = None) -> None:
     cache = args.cache or args.out.with_suffix(".cache")
     t0 = time.time()
     tag = backbone_digest(backbone)  # a cache made on other backbone weights is never read
-    train = build_cache(backbone, args.data, args.labels, every - held, cache / f"train-{tag}.pt", True, args.limit)
-    val = build_cache(backbone, args.data, args.labels, held, cache / f"val{args.val_photos}-{tag}.pt", False,
+    train = build_cache(backbone, args.data, args.labels, every - held, cache / f"train4-{tag}.pt", True, args.limit)
+    val = build_cache(backbone, args.data, args.labels, held, cache / f"val4-{args.val_photos}-{tag}.pt", False,
                       args.val_photos)
     print(f"{len(train)} training photos (with mirrors), {len(val)} validation photos, ready in {time.time() - t0:.0f}s",
           flush=True)
 
-    heads = SubjectHeads(args.width, args.blocks)
+    heads = SubjectHeads(args.width, args.blocks, args.detail, args.dilated)
     opt = torch.optim.AdamW(heads.parameters(), lr=args.lr, weight_decay=1e-4)
     has_face = [i for i, ph in enumerate(train) if (ph.faces[:, 4] >= FACE_SCORE).any()]
     base_order = list(range(len(train))) + has_face * (args.face_repeat - 1)
@@ -339,15 +342,15 @@ def main(argv: list[str] | None = None) -> None:
         start, history = ck["epoch"] + 1, ck["history"]
         rng.setstate(ck["rng"])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    config = {"width": args.width, "blocks": args.blocks}
+    config = {"width": args.width, "blocks": args.blocks, "detail": args.detail, "dilated": args.dilated}
     print(f"{len(has_face)} training photos with a face; {steps_per_epoch} steps an epoch", flush=True)
     for epoch in range(start, args.epochs):
         t0 = time.time()
         sums: dict[str, float] = {}
         plan = batches(train, base_order, args.batch_size, rng)
         for idx in plan:
-            c8, fused, t = collate([train[i] for i in idx])
-            losses = head_loss(heads(c8, fused), t)
+            c8, fused, c4, t = collate([train[i] for i in idx])
+            losses = head_loss(heads(c8, fused, c4), t)
             opt.zero_grad()
             losses["loss"].backward()
             opt.step()

@@ -62,10 +62,12 @@ def test_cached_training_photos_are_what_the_cropper_computes_and_mirror_exactly
     mirror = cache_photo(backbone, "set/p", photo, row, tmp_path, mirror=True)
     x, scale = model_input(Image.open(photo), (300, 200))
     assert plain.grid == (x.shape[-2] // STRIDE, x.shape[-1] // STRIDE)
-    c8, fused, t = collate([plain])
+    c8, fused, c4, t = collate([plain])
     with torch.no_grad():
         want = backbone.pyramid(x)
     torch.testing.assert_close(fused, want.fused, atol=2e-2, rtol=1e-2)  # the cache holds fp16 stages
+    torch.testing.assert_close(c4, want.stride4, atol=2e-2, rtol=1e-2)
+    assert c4.shape[-2:] == (x.shape[-2] // 4, x.shape[-1] // 4) and c4.shape[1] == 24
     np.testing.assert_allclose(plain.faces[0, :4], np.float32([30, 20, 90, 80]) * scale, rtol=1e-5)
     width = x.shape[-1]
     np.testing.assert_allclose(mirror.faces[0, [0, 2]], width - plain.faces[0, [2, 0]], rtol=1e-5)
@@ -185,6 +187,37 @@ def test_default_proposer_uses_shipped_subject_heads_instead_of_the_cascade():
     proposer = default_proposer(head_state=half(SaliencyHead()), subject_state=state)
     assert proposer.subject is not None and proposer.faces is None
     assert default_proposer(head_state=half(SaliencyHead())).faces is not None  # no heads: the cascade
+
+
+def test_detail_heads_read_the_stride4_map_and_dilated_ones_see_further():
+    torch.manual_seed(0)
+    backbone = S2CNet().eval().backbone
+    x = torch.randn(1, 3, 128, 192)
+    with torch.no_grad():
+        maps = backbone.pyramid(x)
+        c8, c16, c32 = backbone.stages(x)
+    assert maps.stride4.shape == (1, 24, 32, 48)
+    torch.testing.assert_close(maps.stride8, c8)  # the stride-4 tap changes nothing downstream
+    heads = SubjectHeads(width=16, blocks=4, detail=True).eval()
+    with torch.no_grad():
+        out = heads(maps.stride8, maps.fused, maps.stride4)
+        assert out.face_logits.shape == (1, 1, 16, 24)
+        moved = maps.stride4.clone()
+        moved[..., :4, :4] += 1.0  # the top-left 4x4 stride-4 cells: stride-8 cells (0..1, 0..1)
+        changed = (heads(maps.stride8, maps.fused, moved).face_logits - out.face_logits).abs()[0, 0] > 0
+    assert changed[:2, :2].all()
+    with pytest.raises(ValueError, match="stride4"):
+        heads(maps.stride8, maps.fused)
+    # receptive field at stride 8: 4 plain blocks reach 4 cells away, dilations 1, 1, 2, 4 reach 8
+    for dilated, reach in ((False, 4), (True, 8)):
+        trunk = SubjectHeads(width=8, blocks=4, dilated=dilated).trunk.eval()
+        with torch.no_grad():  # every ReLU open, so each path through the blocks carries a gradient
+            for block in trunk:
+                block.dw.bias.fill_(10.0), block.pw.bias.fill_(10.0)
+        probe = torch.randn(1, 8, 21, 21, requires_grad=True)
+        trunk(probe)[0, :, 10, 10].sum().backward()
+        cols = torch.nonzero(probe.grad.abs().sum((0, 1, 2)) > 0).flatten()
+        assert int(cols.max()) - 10 == reach
 
 
 def test_decode_faces_keeps_the_strongest_peaks():
