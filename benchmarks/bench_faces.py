@@ -79,7 +79,7 @@ class Tally:
 
 def teacher_resolution(photos: list[tuple[str, Path]], labels: dict, data: Path, sides: list[int]) -> None:
     """YuNet at smaller long sides against its own 640-px labels: the recall a dedicated face detector
-    keeps at a resolution, and what that resolution costs it on one core (decoding excluded)."""
+    keeps at a resolution, and what that resolution costs it on one core (resizing the decoded photo included)."""
     yunet = YuNet(data / "teachers" / "face_detection_yunet.onnx", score=FACE_SCORE)
     images = [(open_image(p).image, face_boxes(labels[pid])) for pid, p in photos]
     print(f"## YuNet at smaller sizes against its own labels at 640 px, {len(images)} held-out photos\n")

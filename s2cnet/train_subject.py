@@ -104,7 +104,8 @@ def targets(faces: np.ndarray, classes: np.ndarray, grid: tuple[int, int]) -> di
 
 @dataclass
 class CachedPhoto:
-    """One photo (or its mirror) as the heads see it: the frozen backbone's three stage outputs (fp16)
+    """One photo (or its mirror) as the heads see it: the frozen backbone's three stage outputs (fp16;
+    and the stride-4 map for heads that read it)
     and the stride-8 targets, with the teacher faces in input pixels for evaluation."""
 
     id: str
@@ -119,7 +120,8 @@ class CachedPhoto:
 
 
 @torch.no_grad()
-def cache_photo(backbone, pid: str, path: Path, row: dict, labels: Path, mirror: bool) -> CachedPhoto:
+def cache_photo(backbone, pid: str, path: Path, row: dict, labels: Path, mirror: bool,
+                stride4: bool = False) -> CachedPhoto:
     """Decodes, resizes and normalises the photo as the Cropper does, then runs the backbone once."""
     loaded = open_image(path, target_short_side=SHORT_SIDE)
     x, scale = model_input(loaded.image, loaded.original_size, SHORT_SIDE)
@@ -132,7 +134,7 @@ def cache_photo(backbone, pid: str, path: Path, row: dict, labels: Path, mirror:
         faces[:, [0, 2]] = width - faces[:, [2, 0]]
         classes = classes[:, ::-1]
     c4, c8, c16, c32 = backbone.stages_from4(x.contiguous(memory_format=torch.channels_last))
-    stages = tuple(s[0].half() for s in (c8, c16, c32, c4))
+    stages = tuple(s[0].half() for s in (c8, c16, c32, c4)[: 4 if stride4 else 3])  # stride 4 doubles the cache
     grid = (height // STRIDE, width // STRIDE)
     person = np.asarray(Image.fromarray(np.ascontiguousarray(classes)).resize(grid[::-1], Image.NEAREST)) == PERSON_CLASS
     return CachedPhoto(pid, stages, targets(faces, np.ascontiguousarray(classes), grid), faces, person)
@@ -149,7 +151,7 @@ def backbone_digest(backbone: torch.nn.Module) -> str:
 
 
 def build_cache(backbone, data: Path, labels: Path, ids: set[str], path: Path, mirrored: bool,
-                limit: int | None = None) -> list[CachedPhoto]:
+                limit: int | None = None, stride4: bool = False) -> list[CachedPhoto]:
     """Cached photos for ``ids`` (and their mirrors with ``mirrored``), read from ``path`` when a
     previous run wrote it."""
     if path.exists():  # stored as plain dicts: a pickled class would be tied to the module that wrote it
@@ -161,7 +163,7 @@ def build_cache(backbone, data: Path, labels: Path, ids: set[str], path: Path, m
         if pid not in ids or pid not in faces:
             continue
         for mirror in (False, True) if mirrored else (False,):
-            out.append(cache_photo(backbone, pid, photo, faces[pid], labels, mirror))
+            out.append(cache_photo(backbone, pid, photo, faces[pid], labels, mirror, stride4))
         if len(out) % 500 < (2 if mirrored else 1):
             print(f"  cached {len(out)} in {time.time() - t0:.0f}s", flush=True)
         if limit and len(out) >= limit:
@@ -185,13 +187,14 @@ def batches(photos: list[CachedPhoto], order: list[int], batch_size: int, rng: r
     return out
 
 
-def features(photos: list[CachedPhoto]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The heads' inputs (stride-8 stage, fused map, stride-4 map) for photos of one grid size."""
-    c8, c16, c32, c4 = (torch.stack([p.stages[k] for p in photos]).float() for k in range(4))
-    return c8, fuse(c8, c16, c32), c4
+def features(photos: list[CachedPhoto]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The heads' inputs (stride-8 stage, fused map, stride-4 map if cached) for photos of one grid size."""
+    maps = [torch.stack([p.stages[k] for p in photos]).float() for k in range(len(photos[0].stages))]
+    c8, c16, c32 = maps[:3]
+    return c8, fuse(c8, c16, c32), maps[3] if len(maps) > 3 else None
 
 
-def collate(photos: list[CachedPhoto]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+def collate(photos: list[CachedPhoto]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
     t = {k: torch.from_numpy(np.stack([p.targets[k] for p in photos])) for k in photos[0].targets}
     return *features(photos), t
 
@@ -321,9 +324,11 @@ def main(argv: list[str] | None = None) -> None:
     cache = args.cache or args.out.with_suffix(".cache")
     t0 = time.time()
     tag = backbone_digest(backbone)  # a cache made on other backbone weights is never read
-    train = build_cache(backbone, args.data, args.labels, every - held, cache / f"train4-{tag}.pt", True, args.limit)
-    val = build_cache(backbone, args.data, args.labels, held, cache / f"val4-{args.val_photos}-{tag}.pt", False,
-                      args.val_photos)
+    s4 = "-stride4" if args.detail else ""  # caches with the stride-4 map are twice the size: only for heads that read it
+    train = build_cache(backbone, args.data, args.labels, every - held, cache / f"train-{tag}{s4}.pt", True, args.limit,
+                        args.detail)
+    val = build_cache(backbone, args.data, args.labels, held, cache / f"val{args.val_photos}-{tag}{s4}.pt", False,
+                      args.val_photos, args.detail)
     print(f"{len(train)} training photos (with mirrors), {len(val)} validation photos, ready in {time.time() - t0:.0f}s",
           flush=True)
 

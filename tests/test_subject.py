@@ -58,7 +58,7 @@ def test_cached_training_photos_are_what_the_cropper_computes_and_mirror_exactly
     classes[:, :100] = 15
     Image.fromarray(classes).save(tmp_path / "masks" / "set" / "p.png")
     row = {"faces": [[30, 20, 60, 60] + [0] * 10 + [0.9]]}
-    plain = cache_photo(backbone, "set/p", photo, row, tmp_path, mirror=False)
+    plain = cache_photo(backbone, "set/p", photo, row, tmp_path, mirror=False, stride4=True)
     mirror = cache_photo(backbone, "set/p", photo, row, tmp_path, mirror=True)
     x, scale = model_input(Image.open(photo), (300, 200))
     assert plain.grid == (x.shape[-2] // STRIDE, x.shape[-1] // STRIDE)
@@ -68,6 +68,7 @@ def test_cached_training_photos_are_what_the_cropper_computes_and_mirror_exactly
     torch.testing.assert_close(fused, want.fused, atol=2e-2, rtol=1e-2)  # the cache holds fp16 stages
     torch.testing.assert_close(c4, want.stride4, atol=2e-2, rtol=1e-2)
     assert c4.shape[-2:] == (x.shape[-2] // 4, x.shape[-1] // 4) and c4.shape[1] == 24
+    assert collate([mirror])[2] is None  # cached without the stride-4 map: heads that do not read it
     np.testing.assert_allclose(plain.faces[0, :4], np.float32([30, 20, 90, 80]) * scale, rtol=1e-5)
     width = x.shape[-1]
     np.testing.assert_allclose(mirror.faces[0, [0, 2]], width - plain.faces[0, [2, 0]], rtol=1e-5)
