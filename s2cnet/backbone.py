@@ -24,7 +24,7 @@ class BackboneMaps(NamedTuple):
 
     stride8: torch.Tensor  # [B, 32, H/8, W/8]: the stride-8 stage (small faces need it)
     fused: torch.Tensor  # [B, 448, H/16, W/16]: strides 8, 16 and 32 fused, before the 1x1 reduction
-    stride4: torch.Tensor | None = None  # [B, 24, H/4, W/4]: inside the stride-8 stage (where a small face's box edges are)
+    stride4: torch.Tensor  # [B, 24, H/4, W/4]: inside the stride-8 stage (where a small face's box edges are)
 
 
 def fuse(c8: torch.Tensor, c16: torch.Tensor, c32: torch.Tensor) -> torch.Tensor:
@@ -90,8 +90,7 @@ class FusedMobileNetV2(nn.Module):
 
     def stages(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The three stage outputs at strides 8, 16 and 32 (what ``fuse`` joins)."""
-        c4, c8, c16, c32 = self.stages_from4(x)
-        return c8, c16, c32
+        return self.stages_from4(x)[1:]
 
     def stages_from4(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """The stride-4 map inside the stride-8 stage, then the three stage outputs: one pass."""

@@ -104,9 +104,9 @@ def targets(faces: np.ndarray, classes: np.ndarray, grid: tuple[int, int]) -> di
 
 @dataclass
 class CachedPhoto:
-    """One photo (or its mirror) as the heads see it: the frozen backbone's three stage outputs (fp16;
-    and the stride-4 map for heads that read it)
-    and the stride-8 targets, with the teacher faces in input pixels for evaluation."""
+    """One photo (or its mirror) as the heads see it: the frozen backbone's three stage outputs (fp16),
+    plus its stride-4 map for heads that read it, and the stride-8 targets, with the teacher faces in
+    input pixels for evaluation."""
 
     id: str
     stages: tuple[torch.Tensor, ...]  # [32, h, w], [96, h/2, w/2], [320, h/4, w/4], [24, 2h, 2w] (stride 4)
