@@ -11,6 +11,14 @@ proposer reads the features the crop scorer computes anyway (one backbone pass p
 
     python -m s2cnet.train_saliency --backbone-from runs/s2cnet --init runs/saliency.pt \
         --out runs/saliency_head.pt --epochs 2 --lr 1e-3
+
+With an ImageNet MobileNetV2 file (``--imagenet``, torchvision layout, BatchNorm folded as in
+``../shared/data/pretrained``), the same task becomes a second pretraining stage on top of ImageNet:
+the stride-8 stage and every BatchNorm stay as ImageNet left them (a folded BatchNorm in training
+mode would renormalise by batch statistics), the later stages and the head learn.
+
+    python -m s2cnet.train_saliency --imagenet ../shared/data/pretrained/mobilenet_v2_imagenet_tf2.pth \
+        --tf-padding --epochs 4 --lr 5e-4 --out runs/duts_on_imagenet.pt
 """
 
 from __future__ import annotations
@@ -94,8 +102,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--init", type=Path, default=None, help="start from this saliency checkpoint")
     ap.add_argument("--backbone-from", type=Path, default=None,
                     help="an S2CNet checkpoint or run directory: freeze its backbone and fit only the head (saves {'head': ...})")
+    ap.add_argument("--imagenet", type=Path, default=None,
+                    help="start the backbone from this ImageNet MobileNetV2 file (torchvision layout)")
+    ap.add_argument("--tf-padding", action="store_true", help="TensorFlow 'SAME' padding (the converted ImageNet files')")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
+    if args.imagenet and (args.backbone_from or args.init):
+        ap.error("--imagenet starts a new backbone; it does not combine with --backbone-from or --init")
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -106,7 +119,11 @@ def main(argv: list[str] | None = None) -> None:
     head_only = args.backbone_from is not None
     ck = torch.load(chosen_checkpoint(args.backbone_from), map_location="cpu", weights_only=True) if head_only else None
     config = model_config(ck) if head_only else {}  # the scorer's backbone padding
-    net = SaliencyNet(tf_padding=bool(config.get("tf_padding", False)))
+    net = SaliencyNet(tf_padding=bool(config.get("tf_padding", args.tf_padding)))
+    if args.imagenet:
+        net.backbone.load_torchvision(torch.load(args.imagenet, map_location="cpu", weights_only=True))
+        net.backbone.stage8.requires_grad_(False)
+        net.backbone.freeze_bn()
     if args.init:
         state = torch.load(args.init, map_location="cpu", weights_only=True)
         net.load_state_dict(widen(state.get("model", state)))
@@ -115,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
                     if k.startswith("backbone.") and not k.startswith("backbone.reduce")}
         net.backbone.load_state_dict(backbone, strict=False)
         net.backbone.requires_grad_(False)
-    params = net.head.parameters() if head_only else net.parameters()
+    params = net.head.parameters() if head_only else [p for p in net.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
     steps = args.epochs * (len(train) // args.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=max(steps, 1), pct_start=0.1)
@@ -131,6 +148,9 @@ def main(argv: list[str] | None = None) -> None:
         net.train()
         if head_only:
             net.backbone.eval()  # frozen, BatchNorm statistics included
+        elif args.imagenet:
+            net.backbone.freeze_bn()  # net.train() put them back in training mode
+            net.backbone.stage8.eval()
         order = list(range(len(train)))
         rng.shuffle(order)
         losses = []

@@ -361,3 +361,38 @@ def test_val_seed_holds_out_the_same_photos_whatever_the_training_seed(tmp_path)
     seed0, seed1 = held_out("s0", seed=0), held_out("s1", seed=1)
     assert len(seed0) == 3 and seed0 != seed1  # by default the seed also draws the split
     assert held_out("s1v0", seed=1, val_seed=0) == seed0
+
+
+def test_saliency_on_imagenet_keeps_stage8_and_batchnorm(tmp_path) -> None:
+    """``--imagenet``: the backbone starts from a torchvision-layout ImageNet file; the stride-8 stage and
+    every BatchNorm (statistics, scale and shift: folded files keep a conv's bias there) stay as the file
+    has them, the later stages learn, and the result initialises S2CNet like any saliency checkpoint."""
+    _write_duts(tmp_path / "duts", 104)
+    torch.manual_seed(3)
+    tv = torchvision.models.mobilenet_v2()
+    with torch.no_grad():
+        for m in tv.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.2, 0.2), m.running_var.uniform_(0.5, 2.0), m.bias.uniform_(-0.1, 0.1)
+    torch.save(tv.state_dict(), tmp_path / "imagenet.pth")
+    out = tmp_path / "duts_on_imagenet.pt"
+    saliency_main(["--imagenet", str(tmp_path / "imagenet.pth"), "--tf-padding", "--data", str(tmp_path / "duts"),
+                   "--epochs", "1", "--batch-size", "2", "--size", "32", "--lr", "1e-2", "--out", str(out)])
+    saved, source = torch.load(out, weights_only=True), tv.state_dict()
+    for k, v in saved.items():
+        if k.startswith("backbone.stage8.") or (k.startswith("backbone.") and ("running_" in k or _is_bn(saved, k))):
+            tv_key = "features." + k.split(".", 2)[2]
+            assert torch.equal(v, source[tv_key]), k
+    learned = [k for k in saved if k.startswith("backbone.stage16.") and k.endswith("conv.1.0.weight")]
+    assert learned and any(not torch.equal(saved[k], source["features." + k.split(".", 2)[2]]) for k in learned)
+    model = S2CNet(S2CNetConfig(tf_padding=True))
+    load_backbone_init(model, out)
+    torch.testing.assert_close(model.backbone.stage16.state_dict()["8.conv.1.0.weight"], saved["backbone.stage16.8.conv.1.0.weight"])
+    with pytest.raises(SystemExit):
+        saliency_main(["--imagenet", str(tmp_path / "imagenet.pth"), "--init", str(out), "--out", str(tmp_path / "x.pt")])
+
+
+def _is_bn(state: dict, key: str) -> bool:
+    """A BatchNorm's weight or bias: its module also holds running statistics."""
+    module = key.rsplit(".", 1)[0]
+    return f"{module}.running_mean" in state
