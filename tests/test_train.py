@@ -387,7 +387,8 @@ def test_saliency_on_imagenet_keeps_stage8_and_batchnorm(tmp_path) -> None:
     assert learned and any(not torch.equal(saved[k], source["features." + k.split(".", 2)[2]]) for k in learned)
     model = S2CNet(S2CNetConfig(tf_padding=True))
     load_backbone_init(model, out)
-    torch.testing.assert_close(model.backbone.stage16.state_dict()["8.conv.1.0.weight"], saved["backbone.stage16.8.conv.1.0.weight"])
+    key = "8.conv.1.0.weight"
+    torch.testing.assert_close(model.backbone.stage16.state_dict()[key], saved[f"backbone.stage16.{key}"])
     with pytest.raises(SystemExit):
         saliency_main(["--imagenet", str(tmp_path / "imagenet.pth"), "--init", str(out), "--out", str(tmp_path / "x.pt")])
 
