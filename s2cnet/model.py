@@ -35,6 +35,8 @@ class S2CNetConfig:
     use_gate: bool = True  # feature aggregation gate
     use_semantic: bool = True  # semantic (feature-similarity) edges
     use_graph: bool = True  # False: GAIC baseline, no object nodes, no attention
+    base_readout: bool = False  # True: a GAIC readout of the crop token is added to the graph's score, so the
+    # graph learns a correction to a graph-free score (one jointly trained pair, one backbone pass)
     tf_padding: bool = False  # TensorFlow "SAME" padding on stride-2 convs (backbones converted from TF)
 
     @classmethod
@@ -120,6 +122,8 @@ class S2CNet(nn.Module):
         self.nodes = NodeEncoder(cfg)
         self.graph = CropGraphHead(cfg) if cfg.use_graph else None  # use_graph=False: no head at all
         self.readout = nn.Sequential(nn.Linear(cfg.node_dim, 128), nn.ReLU(inplace=True), nn.Linear(128, 1))
+        self.base_readout = (nn.Sequential(nn.Linear(cfg.node_dim, 128), nn.ReLU(inplace=True), nn.Linear(128, 1))
+                             if cfg.base_readout and cfg.use_graph else None)
         self._register_load_state_dict_pre_hook(_name_the_graph_head)
 
     def features(self, image: torch.Tensor) -> torch.Tensor:
@@ -144,7 +148,8 @@ class S2CNet(nn.Module):
         x = torch.cat([self.graph(t, obj_tokens, c, objects, width, height)
                        for t, c in zip(crop_tokens.split(step), crops.split(step))])
         with torch.autocast(x.device.type, enabled=False):  # fp32 readout: low-precision scores would tie
-            return self.readout(x).squeeze(-1)
+            score = self.readout(x).squeeze(-1)
+            return score if self.base_readout is None else score + self.base_readout(crop_tokens.float()).squeeze(-1)
 
     def forward(self, image: torch.Tensor, crops: torch.Tensor, objects: torch.Tensor | None = None) -> torch.Tensor:
         h, w = image.shape[-2:]

@@ -415,3 +415,22 @@ def test_graph_in_chunks_gives_the_same_scores(chunk: int) -> None:
         whole = model.score_crops(feat, CROPS, OBJECTS, W, H)
         torch.testing.assert_close(model.score_crops(feat, CROPS, OBJECTS, W, H, chunk=chunk), whole, rtol=1e-5, atol=1e-5)
         assert model.score_crops(feat, CROPS[:0], OBJECTS, W, H, chunk=chunk).shape == (0,)
+
+
+def test_base_readout_adds_a_graph_free_score() -> None:
+    """``base_readout``: the score is the graph's plus a GAIC readout of the same crop token, so with the
+    graph's readout silenced the model scores exactly as a graph-free one with the same weights."""
+    torch.manual_seed(0)
+    cfg = dict(reduced_dim=8, node_dim=32, num_heads=2)
+    both, plain = S2CNet(S2CNetConfig(**cfg, base_readout=True)).eval(), S2CNet(S2CNetConfig(**cfg, use_graph=False)).eval()
+    assert S2CNet(S2CNetConfig(**cfg, use_graph=False, base_readout=True)).base_readout is None
+    plain.backbone.load_state_dict(both.backbone.state_dict())
+    plain.nodes.load_state_dict(both.nodes.state_dict())
+    plain.readout.load_state_dict(both.base_readout.state_dict())
+    x, crops = torch.randn(1, 3, 128, 160), torch.tensor([[0.0, 0.0, 120, 100], [20, 10, 150, 128], [5, 5, 80, 60]])
+    objects = torch.tensor([[30.0, 30, 70, 90]])
+    with torch.no_grad():
+        graph_part = both(x, crops, objects) - plain(x, crops)
+        assert graph_part.abs().max() > 1e-4  # the graph contributes
+        both.readout[-1].weight.zero_(), both.readout[-1].bias.zero_()
+        torch.testing.assert_close(both(x, crops, objects), plain(x, crops))
