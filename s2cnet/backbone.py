@@ -125,6 +125,15 @@ class FusedMobileNetV2(nn.Module):
                         module[i + 1] = nn.Identity()
         return self
 
+    def freeze_pretrained(self, stage8: bool = True, affine: bool = True) -> None:
+        """What fine-tuning keeps as pretraining left it: BatchNorm statistics (with ``affine`` also its
+        scale and shift) and, with ``stage8``, the whole stride-8 stage. Call it again after ``train()``,
+        which puts those layers back in training mode."""
+        self.freeze_bn(affine)
+        if stage8:
+            self.stage8.requires_grad_(False)
+            self.stage8.eval()
+
     def freeze_bn(self, affine: bool = True) -> None:
         """Keep BatchNorm statistics fixed (GAIC-style training sees one image per step); ``affine``
         also freezes the scale and shift, which otherwise go on learning."""

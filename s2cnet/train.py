@@ -118,9 +118,7 @@ def evaluate_pairs(model: S2CNet, dataset: FCDBPairs) -> float:
 
 def set_train_mode(model: S2CNet, cfg: TrainConfig) -> None:
     model.train()
-    model.backbone.freeze_bn(affine=not cfg.train_bn_affine)
-    if cfg.freeze_stage8:
-        model.backbone.stage8.eval()
+    model.backbone.freeze_pretrained(stage8=cfg.freeze_stage8, affine=not cfg.train_bn_affine)
 
 
 def train(cfg: TrainConfig, report=None) -> dict[str, float]:
@@ -144,10 +142,7 @@ def train(cfg: TrainConfig, report=None) -> dict[str, float]:
     model = S2CNet(cfg.model)
     if cfg.init:
         load_backbone_init(model, cfg.init)
-    model.backbone.freeze_bn(affine=not cfg.train_bn_affine)
-    if cfg.freeze_stage8:
-        for p in model.backbone.stage8.parameters():
-            p.requires_grad_(False)
+    model.backbone.freeze_pretrained(stage8=cfg.freeze_stage8, affine=not cfg.train_bn_affine)
     def in_backbone(name: str) -> bool:  # the MobileNetV2 stages; the 1x1 reduction learns at the head's rate
         return name.startswith("backbone.") and not name.startswith("backbone.reduce")
 

@@ -122,8 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     net = SaliencyNet(tf_padding=bool(config.get("tf_padding", args.tf_padding)))
     if args.imagenet:
         net.backbone.load_torchvision(torch.load(args.imagenet, map_location="cpu", weights_only=True))
-        net.backbone.stage8.requires_grad_(False)
-        net.backbone.freeze_bn()
+        net.backbone.freeze_pretrained()
     if args.init:
         state = torch.load(args.init, map_location="cpu", weights_only=True)
         net.load_state_dict(widen(state.get("model", state)))
@@ -149,8 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         if head_only:
             net.backbone.eval()  # frozen, BatchNorm statistics included
         elif args.imagenet:
-            net.backbone.freeze_bn()  # net.train() put them back in training mode
-            net.backbone.stage8.eval()
+            net.backbone.freeze_pretrained()  # net.train() put them back in training mode
         order = list(range(len(train)))
         rng.shuffle(order)
         losses = []
