@@ -114,6 +114,11 @@ class CropGraphHead(nn.Module):
             return self.norm(x[:, 0].float())
 
 
+def score_mlp(dim: int) -> nn.Sequential:
+    """A node's features -> one score (GAIC's last layers)."""
+    return nn.Sequential(nn.Linear(dim, 128), nn.ReLU(inplace=True), nn.Linear(128, 1))
+
+
 class S2CNet(nn.Module):
     def __init__(self, cfg: S2CNetConfig | None = None) -> None:
         super().__init__()
@@ -121,9 +126,8 @@ class S2CNet(nn.Module):
         self.backbone = FusedMobileNetV2(cfg.reduced_dim, tf_padding=cfg.tf_padding)
         self.nodes = NodeEncoder(cfg)
         self.graph = CropGraphHead(cfg) if cfg.use_graph else None  # use_graph=False: no head at all
-        self.readout = nn.Sequential(nn.Linear(cfg.node_dim, 128), nn.ReLU(inplace=True), nn.Linear(128, 1))
-        self.base_readout = (nn.Sequential(nn.Linear(cfg.node_dim, 128), nn.ReLU(inplace=True), nn.Linear(128, 1))
-                             if cfg.base_readout and cfg.use_graph else None)
+        self.readout = score_mlp(cfg.node_dim)
+        self.base_readout = score_mlp(cfg.node_dim) if cfg.base_readout and cfg.use_graph else None
         self._register_load_state_dict_pre_hook(_name_the_graph_head)
 
     def features(self, image: torch.Tensor) -> torch.Tensor:
