@@ -3,7 +3,7 @@ proposals cost, and whether the chosen crops keep faces whole.
 
     python benchmarks/bench_faces.py --data ../shared/data --labels runs/teachers
 
-On the held-out photos (``s2cnet.teacher_labels.heldout_ids``: GAICD test, FCDB and DUTS validation,
+On the held-out photos (``s2cnet.training.teacher_labels.heldout_ids``: GAICD test, FCDB and DUTS validation,
 one in ten of the rest) after the first 300 (training's validation photos, where the face thresholds
 were chosen; ``--skip 0 --limit 300`` shows those), against YuNet's labels (score >= 0.6; its unsure rows are "don't care"):
 face recall and precision per face size (the longer box side over the photo's short side), for
@@ -36,8 +36,8 @@ from s2cnet.cropper import DEFAULT_WEIGHTS, Cropper, kept_share  # noqa: E402
 from s2cnet.imageio import open_image  # noqa: E402
 from s2cnet.proposals import FaceDetector, default_proposer  # noqa: E402
 from s2cnet.subject import PERSON, decode_faces, mask_regions, subjects  # noqa: E402
-from s2cnet.teacher_labels import YuNet, heldout_ids, photo_list  # noqa: E402
-from s2cnet.train_subject import FACE_SCORE, MIN_FACE, PERSON_CLASS, assign_faces, face_boxes, face_size, read_faces  # noqa: E402
+from s2cnet.training.teacher_labels import YuNet, heldout_ids, photo_list  # noqa: E402
+from s2cnet.training.train_subject import FACE_SCORE, MIN_FACE, PERSON_CLASS, assign_faces, face_boxes, face_size, read_faces  # noqa: E402
 from s2cnet.transforms import model_input  # noqa: E402
 
 BUCKETS = [(0.0, 0.05), (0.05, 0.10), (0.10, 0.20), (0.20, 10.0), (MIN_FACE, 10.0)]
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     heads_cropper = Cropper.from_pretrained(args.weights, bf16=False)
     proposer = heads_cropper.proposer
     if getattr(proposer, "subject", None) is None:
-        raise SystemExit(f"{args.weights} carries no subject heads (see s2cnet.train_subject)")
+        raise SystemExit(f"{args.weights} carries no subject heads (see s2cnet.training.train_subject)")
     if args.threshold is not None:
         proposer.face_threshold = args.threshold
     _, ck = load_checkpoint(args.weights)

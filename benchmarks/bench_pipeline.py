@@ -99,7 +99,8 @@ def plain_loop(photos: dict[str, bytes], spec, batch_size: int) -> tuple[float, 
 
 def pipeline(store, spec, args, thumbnails: bool) -> tuple[object, int, int]:
     """(Summary, peak RSS of driver + Ray processes, peak RSS of one actor) for one full run."""
-    from pipelines.batch import JobConfig, run
+    from pipelines.batch import run
+    from pipelines.config import JobConfig
 
     cfg = JobConfig(input="s3://bench/bench/", output="s3://bench/crops/", ratios=RATIOS,
                     thumbnails="s3://bench/thumbs/" if thumbnails else None, endpoint_url=store.endpoint_url,
@@ -123,7 +124,7 @@ def main() -> None:
     import ray
     import torch
 
-    from pipelines.batch import ModelSpec
+    from pipelines.config import ModelSpec
     from pipelines.object_store import start_local_s3
 
     spec = ModelSpec(untrained_ok=True)

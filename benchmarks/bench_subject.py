@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from s2cnet.fcdb import boundary_displacement, iou
+from s2cnet.training.fcdb import boundary_displacement, iou
 
 RATIOS = ["1:1", "16:9", "9:16"]
 FREE = "free"
@@ -80,7 +80,7 @@ def duts_table(root: Path, limit: int, cropper, only_ugc: bool = False, which: s
     (the held-out photos after those: where the choice's weights are tuned), or "first" (the first
     photos by name, as this benchmark read them before)."""
     first = which == "first"
-    from s2cnet.teacher_labels import heldout_ids
+    from s2cnet.training.teacher_labels import heldout_ids
 
     # photos no head was trained on: the saliency head's validation photos and the subject heads' held-out ones
     held = {pid.split("/", 1)[1] for pid in heldout_ids(root.parent) if pid.startswith("duts/")}
@@ -110,7 +110,7 @@ def duts_table(root: Path, limit: int, cropper, only_ugc: bool = False, which: s
 
 
 def fcdb_table(root: Path, limit: int, cropper, only_ugc: bool = False) -> dict:
-    from s2cnet.fcdb import split_fcdb
+    from s2cnet.training.fcdb import split_fcdb
 
     crops = json.loads((root / "crops.json").read_text())
     names = split_fcdb(root, 138, seed=0)[1][:limit]  # the photos training holds out

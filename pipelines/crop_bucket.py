@@ -26,7 +26,8 @@ if __name__ == "__main__" and (ROOT / "pipelines").is_dir() and str(ROOT) not in
     sys.path.insert(0, str(ROOT))
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
 
-from pipelines.batch import JobConfig, ModelSpec, OutputExistsError, StartupError, normalize_ratios, run  # noqa: E402
+from pipelines.batch import OutputExistsError, StartupError, normalize_ratios, run  # noqa: E402
+from pipelines.config import JobConfig, ModelSpec  # noqa: E402
 
 
 def job_options(p: argparse.ArgumentParser) -> None:

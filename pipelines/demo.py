@@ -8,7 +8,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipelines.batch import JobConfig, ModelSpec, Summary, run
+from pipelines.batch import Summary, run
+from pipelines.config import JobConfig, ModelSpec
 from pipelines.contact_sheet import write_contact_sheet
 from pipelines.object_store import start_local_s3
 from pipelines.samples import sample_photos

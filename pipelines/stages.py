@@ -17,11 +17,11 @@ import datetime
 import functools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import pyarrow as pa
 from PIL import Image
 
+from pipelines.config import JobConfig
 from pipelines.photos import (
     SCHEMA,
     PhotoError,
@@ -38,9 +38,6 @@ from pipelines.photos import (
 )
 from pipelines.storage import Location, read_bytes, write_bytes
 from s2cnet.imageio import LoadedImage
-
-if TYPE_CHECKING:
-    from pipelines.batch import JobConfig
 
 WORK = pa.schema([("key", pa.string()), ("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()),
                   ("ratios", pa.list_(pa.string()))])

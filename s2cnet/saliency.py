@@ -1,6 +1,6 @@
 """Saliency: a head that maps the fused backbone features to a stride-16 saliency logit map.
 
-It trains on DUTS's human masks (``python -m s2cnet.train_saliency``); the proposer turns its map into
+It trains on DUTS's human masks (``python -m s2cnet.training.train_saliency``); the proposer turns its map into
 object boxes. ``SaliencyNet`` is the standalone network (its own backbone); the shipped scorer carries
 a head fitted on its own backbone, so one backbone pass per photo serves scoring and proposals.
 """

@@ -8,8 +8,8 @@ for small faces, the fused stride-16 map for context) and predict, at stride 8:
 - two masks: people (PASCAL "person") and main objects (any PASCAL class: people, animals,
   vehicles, furniture...).
 
-They are distilled from YuNet and DeepLabV3 labels (``s2cnet.teacher_labels``, trained by
-``s2cnet.train_subject``) with the backbone frozen, so crop scores are unchanged by them.
+They are distilled from YuNet and DeepLabV3 labels (``s2cnet.training.teacher_labels``, trained by
+``s2cnet.training.train_subject``) with the backbone frozen, so crop scores are unchanged by them.
 """
 
 from __future__ import annotations

@@ -30,25 +30,25 @@ RUN=runs/in_tf2_tfpad_fcdb
 BASE=runs/in_tf2_tfpad_fcdb_nograph
 mkdir -p runs
 done_run() { [ -f "$1/final.pt" ]; }
-done_run $RUN || $PY -m s2cnet.train --data "$DATA/gaicd" --out $RUN "${RECIPE[@]}" &
-done_run $BASE || $PY -m s2cnet.train --data "$DATA/gaicd" --out $BASE "${RECIPE[@]}" --model use_graph=false &
+done_run $RUN || $PY -m s2cnet.training.train --data "$DATA/gaicd" --out $RUN "${RECIPE[@]}" &
+done_run $BASE || $PY -m s2cnet.training.train --data "$DATA/gaicd" --out $BASE "${RECIPE[@]}" --model use_graph=false &
 wait
-[ -f "$RUN.head.pt" ] || $PY -m s2cnet.train_saliency --data "$DATA/duts" --backbone-from $RUN \
+[ -f "$RUN.head.pt" ] || $PY -m s2cnet.training.train_saliency --data "$DATA/duts" --backbone-from $RUN \
     --epochs 4 --lr 2e-3 --threads 1 --out "$RUN.head.pt"
 export_weights() {  # the cards record the training command, and the test metrics once they exist
-    $PY -m s2cnet.export --checkpoint $RUN --saliency-head "$RUN.head.pt" --out s2cnet/weights/s2cnet.pt \
-        --command "bash scripts/train_all.sh  # python -m s2cnet.train ${RECIPE[*]}" "$@"
-    $PY -m s2cnet.export --checkpoint $BASE --out s2cnet/weights/gaic_baseline.pt \
-        --command "bash scripts/train_all.sh  # python -m s2cnet.train ${RECIPE[*]} --model use_graph=false" "$@"
+    $PY -m s2cnet.training.export --checkpoint $RUN --saliency-head "$RUN.head.pt" --out s2cnet/weights/s2cnet.pt \
+        --command "bash scripts/train_all.sh  # python -m s2cnet.training.train ${RECIPE[*]}" "$@"
+    $PY -m s2cnet.training.export --checkpoint $BASE --out s2cnet/weights/gaic_baseline.pt \
+        --command "bash scripts/train_all.sh  # python -m s2cnet.training.train ${RECIPE[*]} --model use_graph=false" "$@"
 }
 export_weights
 HEADS=runs/subject_heads.pt  # both steps resume: labelled photos and finished epochs are skipped
 .venv/bin/pip install -q -e ".[teachers]"
-for s in 0 1; do $PY -m s2cnet.teacher_labels --data "$DATA" --out runs/teachers --shard $s/2 & done
+for s in 0 1; do $PY -m s2cnet.training.teacher_labels --data "$DATA" --out runs/teachers --shard $s/2 & done
 wait
-$PY -m s2cnet.train_subject --data "$DATA" --labels runs/teachers --backbone-from s2cnet/weights/s2cnet.pt \
+$PY -m s2cnet.training.train_subject --data "$DATA" --labels runs/teachers --backbone-from s2cnet/weights/s2cnet.pt \
     --out $HEADS --epochs 20 --val-photos 300 --threads 2
-$PY -m s2cnet.export --into s2cnet/weights/s2cnet.pt --subject-heads $HEADS
-$PY -m s2cnet.evaluate --data "$DATA/gaicd" --split test --objects all --fcdb "$DATA/fcdb" --json runs/eval.json
+$PY -m s2cnet.training.export --into s2cnet/weights/s2cnet.pt --subject-heads $HEADS
+$PY -m s2cnet.training.evaluate --data "$DATA/gaicd" --split test --objects all --fcdb "$DATA/fcdb" --json runs/eval.json
 export_weights --metrics runs/eval.json
-$PY -m s2cnet.export --into s2cnet/weights/s2cnet.pt --subject-heads $HEADS  # the export above rewrote the file
+$PY -m s2cnet.training.export --into s2cnet/weights/s2cnet.pt --subject-heads $HEADS  # the export above rewrote the file

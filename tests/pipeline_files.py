@@ -20,7 +20,7 @@ from PIL import Image
 from pipelines.samples import augmented_photos
 
 if TYPE_CHECKING:
-    from pipelines.batch import ModelSpec
+    from pipelines.config import ModelSpec
 
 
 def _save(img: Image.Image, fmt: str, **kw) -> bytes:
@@ -84,7 +84,7 @@ def model_for_tests(tmp_dir) -> tuple[ModelSpec, list[str]]:
 
     import torch
 
-    from pipelines.batch import ModelSpec
+    from pipelines.config import ModelSpec
     from s2cnet.cropper import DEFAULT_WEIGHTS, WEIGHTS_DIR
     from s2cnet.model import S2CNet
 
@@ -107,7 +107,7 @@ def crash_once_model(spec, marker: str):
 
     import ray.cloudpickle
 
-    from pipelines.batch import ModelSpec
+    from pipelines.config import ModelSpec
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

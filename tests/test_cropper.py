@@ -301,18 +301,6 @@ def test_one_ratio_string_and_empty_ratios() -> None:
         cropper.crop(image, [])
 
 
-def test_inference_imports_no_training_code() -> None:
-    import subprocess
-    import sys
-
-    code = ("import sys; from s2cnet.cropper import Cropper; Cropper.from_pretrained(); "
-            "print(' '.join(m for m in sys.modules if m.startswith('s2cnet')))")
-    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
-    assert "s2cnet.cropper" in loaded and "s2cnet.proposals" in loaded
-    assert not loaded & {"s2cnet.train", "s2cnet.train_saliency", "s2cnet.data", "s2cnet.losses", "s2cnet.metrics",
-                         "s2cnet.fcdb"}
-
-
 def test_cropper_to_cpu_is_exact_and_cuda_needs_a_device(cat: Image.Image) -> None:
     model = S2CNet(S2CNetConfig(node_dim=64)).eval()
     a = Cropper(model, proposer=None, bf16=False)
@@ -326,7 +314,7 @@ def test_cropper_to_cpu_is_exact_and_cuda_needs_a_device(cat: Image.Image) -> No
 
 
 def test_the_untrained_cropper_is_one_seeded_model(cat: Image.Image) -> None:
-    from pipelines.batch import ModelSpec
+    from pipelines.config import ModelSpec
 
     a, b = Cropper.untrained(), Cropper.untrained()
     assert a.model_version == b.model_version == Cropper.UNTRAINED_VERSION

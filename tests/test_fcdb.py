@@ -11,10 +11,10 @@ import torch
 from PIL import Image
 from synthetic_gaicd import write_gaicd
 
-from s2cnet.fcdb import FCDBPairs, boundary_displacement, iou, pair_accuracy, split_fcdb, winner_first
-from s2cnet.losses import preference_loss
 from s2cnet.model import S2CNetConfig
-from s2cnet.train import TrainConfig, train
+from s2cnet.training.fcdb import FCDBPairs, boundary_displacement, iou, pair_accuracy, split_fcdb, winner_first
+from s2cnet.training.losses import preference_loss
+from s2cnet.training.train import TrainConfig, train
 
 
 def write_fcdb(root: Path, n: int = 4, size: tuple[int, int] = (160, 120)) -> None:

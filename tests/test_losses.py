@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from s2cnet.losses import MOS_MEAN, MOS_STD, crop_loss, listwise_loss, ranking_loss
+from s2cnet.training.losses import MOS_MEAN, MOS_STD, crop_loss, listwise_loss, ranking_loss
 
 
 def test_ranking_loss_hand_computed() -> None:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from s2cnet.metrics import acc_k_n, average_metrics, image_metrics
+from s2cnet.training.metrics import acc_k_n, average_metrics, image_metrics
 
 # 12 candidates. MOS sorted: 4.5 4.0 3.5 3.5 3.5 3.5 3.0 3.0 2.8 2.5 2.0 1.0
 # 5th best MOS is 3.5, shared by 4 crops, so 6 crops count as "top 5" (ties count): {0, 2, 4, 5, 7, 10}.

@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 from pipeline_files import crash_once_model, expected_rows, mixed_bucket, model_for_tests
 
-from pipelines.batch import JobConfig, OutputExistsError, normalize_ratios, plan, run
+from pipelines.batch import OutputExistsError, normalize_ratios, plan, run
+from pipelines.config import JobConfig
 from pipelines.photos import SCHEMA, PhotoError, crop_safely, decode, thumbnail_path
 from pipelines.storage import InputFile, Location, list_inputs, read_output
 from s2cnet.candidates import parse_ratio

@@ -14,7 +14,7 @@ from s2cnet.model import S2CNet
 from s2cnet.proposals import SaliencyProposer, default_proposer
 from s2cnet.saliency import SaliencyHead, SaliencyNet
 from s2cnet.subject import STRIDE, SubjectHeads, SubjectMaps, cell_boxes, decode_faces, load_subject_heads, mask_regions
-from s2cnet.train_subject import FACE_SCORE, backbone_digest, cache_photo, collate, head_loss, match_faces, targets
+from s2cnet.training.train_subject import FACE_SCORE, backbone_digest, cache_photo, collate, head_loss, match_faces, targets
 from s2cnet.transforms import model_input
 from tests.test_proposals import astronaut
 
@@ -249,8 +249,8 @@ def test_the_vote_averages_what_the_neighbours_predict_for_the_same_face():
 def test_attached_heads_ship_in_the_model_file_and_replace_the_cascade(tmp_path):
     from s2cnet.checkpoint import half
     from s2cnet.cropper import Cropper
-    from s2cnet.export import attach_subject_heads
     from s2cnet.model import S2CNetConfig
+    from s2cnet.training.export import attach_subject_heads
 
     torch.manual_seed(0)
     model_file = tmp_path / "s2cnet.pt"
@@ -258,7 +258,7 @@ def test_attached_heads_ship_in_the_model_file_and_replace_the_cascade(tmp_path)
                 "saliency_head": half(SaliencyHead().state_dict())}, model_file)
     heads = SubjectHeads(width=32, blocks=2)
     torch.save({"heads": heads.state_dict(), "config": {"width": 32, "blocks": 2}, "history": [{"epoch": 0}],
-                "command": "python -m s2cnet.train_subject --epochs 1", "face_threshold": 0.45, "sure_face": 0.65},
+                "command": "python -m s2cnet.training.train_subject --epochs 1", "face_threshold": 0.45, "sure_face": 0.65},
                tmp_path / "heads.pt")
     before = Cropper.from_pretrained(model_file)
     assert before.proposer.subject is None and before.proposer.faces is not None

@@ -16,8 +16,8 @@ import torch
 from conftest import GAICD_DIR, needs_gaicd
 
 from s2cnet.model import S2CNet
-from s2cnet.train import TrainConfig
-from s2cnet.train import parse_args as train_parse_args
+from s2cnet.training.train import TrainConfig
+from s2cnet.training.train import parse_args as train_parse_args
 from tune import sweep
 
 

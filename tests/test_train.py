@@ -15,12 +15,12 @@ from synthetic_gaicd import write_gaicd
 from s2cnet.backbone import FusedMobileNetV2
 from s2cnet.checkpoint import best_run, chosen_checkpoint, load_checkpoint
 from s2cnet.cropper import Cropper
-from s2cnet.data import GAICD
-from s2cnet.export import export_model
 from s2cnet.model import S2CNet, S2CNetConfig
 from s2cnet.saliency import SaliencyHead, SaliencyNet, load_saliency_head
-from s2cnet.train import TrainConfig, load_backbone_init, parse_args, train, update_average
-from s2cnet.train_saliency import main as saliency_main
+from s2cnet.training.data import GAICD
+from s2cnet.training.export import export_model
+from s2cnet.training.train import TrainConfig, load_backbone_init, parse_args, train, update_average
+from s2cnet.training.train_saliency import main as saliency_main
 
 SMALL = dict(node_dim=64, num_heads=4)
 

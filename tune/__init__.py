@@ -1,1 +1,1 @@
-"""Ray Tune glue around s2cnet.train: the hyperparameter sweep lives in tune/sweep.py."""
+"""Ray Tune glue around s2cnet.training.train: the hyperparameter sweep lives in tune/sweep.py."""

@@ -5,7 +5,7 @@
     nice -n 19 python tune/sweep.py --samples 4 --init runs/saliency.pt --resume   # after an interruption
     python tune/sweep.py --storage s3://bucket/sweeps --s3-endpoint http://127.0.0.1:8333
 
-Every trial is one ``s2cnet.train.train`` run in its own trial directory. It reports SRCC, Acc5 and
+Every trial is one ``s2cnet.training.train.train`` run in its own trial directory. It reports SRCC, Acc5 and
 Acc10 on a validation split carved from GAICD *train* (never the test split) after each epoch,
 with ``last.pt`` as a Tune checkpoint, so ASHA can stop weak trials early and an interrupted
 sweep resumes every trial from its last finished epoch (``Tuner.restore``).
@@ -14,7 +14,7 @@ By default the edge strategy is a grid axis with the other hyperparameters held 
 it (``constant_grid_search``): each of the ``--samples`` draws runs once per strategy, which
 turns "which edge strategy wins" into a paired comparison. At the end the script prints a
 leaderboard, writes it and a per-strategy summary as CSV, and exports the best trial's settings
-as a JSON file for ``python -m s2cnet.train --config FILE``.
+as a JSON file for ``python -m s2cnet.training.train --config FILE``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ if __name__ == "__main__" and str(ROOT) not in sys.path:  # `python tune/sweep.p
     sys.path.insert(0, str(ROOT))
 
 from s2cnet.graph import EDGE_STRATEGIES  # noqa: E402
-from s2cnet.train import TrainConfig  # noqa: E402
+from s2cnet.training.train import TrainConfig  # noqa: E402
 
 MODEL_KEYS = ("edge_strategy", "distance_threshold", "num_layers", "num_heads", "max_objects", "use_gate")
 TRAIN_KEYS = ("lr", "rank_weight")
@@ -99,7 +99,7 @@ def run_trial(config: dict) -> None:
                     checkpoint=tune.Checkpoint.from_directory(staging))
         shutil.rmtree(staging, ignore_errors=True)
 
-    from s2cnet.train import train
+    from s2cnet.training.train import train
 
     train(cfg, report=report)
 
@@ -411,7 +411,8 @@ def report(grid, args: argparse.Namespace, path: str, fs, planned: int) -> dict:
         {"trial": best.metrics.get("trial_id"), "path": best.path, "complete_sweep": not unfinished,
          "metrics": {k: best.metrics.get(k) for k in ("epoch", "SRCC", "PCC", "Acc5", "Acc10")},
          "sweep": {k: best.config["base"][k] for k in SWEEP_ONLY if k != "out"}}, indent=2) + "\n")
-    print(f"\nbest config{' so far' if unfinished else ''} -> {best_path}  (python -m s2cnet.train --config {best_path})")
+    so_far = " so far" if unfinished else ""
+    print(f"\nbest config{so_far} -> {best_path}  (python -m s2cnet.training.train --config {best_path})")
     print(f"leaderboard -> {export / 'leaderboard.csv'}")
     out["best_config"] = best_path
     return out

@@ -1,7 +1,7 @@
 """Train S2CNet on GAICD's human MOS. Seeded, resumable, one log line per epoch.
 
-    python -m s2cnet.train --data ../shared/data/gaicd --init runs/saliency.pt --out runs/s2cnet
-    python -m s2cnet.train --config best_config.json      # a file from tune/sweep.py
+    python -m s2cnet.training.train --data ../shared/data/gaicd --init runs/saliency.pt --out runs/s2cnet
+    python -m s2cnet.training.train --config best_config.json      # a file from tune/sweep.py
 
 The validation split is carved from GAICD train (never the test split) and only steers logging.
 """
@@ -20,11 +20,11 @@ import numpy as np
 import torch
 
 from s2cnet.checkpoint import widen
-from s2cnet.data import GAICD
-from s2cnet.fcdb import FCDBPairs, pair_accuracy, split_fcdb
-from s2cnet.losses import crop_loss, preference_loss
-from s2cnet.metrics import average_metrics, image_metrics
 from s2cnet.model import S2CNet, S2CNetConfig
+from s2cnet.training.data import GAICD
+from s2cnet.training.fcdb import FCDBPairs, pair_accuracy, split_fcdb
+from s2cnet.training.losses import crop_loss, preference_loss
+from s2cnet.training.metrics import average_metrics, image_metrics
 
 
 @dataclass

@@ -5,8 +5,8 @@ public teachers in ``../shared/data/teachers`` (distillation): YuNet for faces a
 (MobileNetV2, PASCAL VOC) for people and other objects. The teachers are never shipped; only the
 heads trained on their outputs are.
 
-    python -m s2cnet.teacher_labels --data ../shared/data --out runs/teachers --shard 0/2 &
-    python -m s2cnet.teacher_labels --data ../shared/data --out runs/teachers --shard 1/2
+    python -m s2cnet.training.teacher_labels --data ../shared/data --out runs/teachers --shard 0/2 &
+    python -m s2cnet.training.teacher_labels --data ../shared/data --out runs/teachers --shard 1/2
 
 writes ``faces.<shard>.jsonl`` (one line per photo: upright size and YuNet rows ``x, y, w, h, score``
 plus ten landmark coordinates, in upright full-size pixels) and ``masks/<set>/<name>.png`` (DeepLab's
@@ -24,13 +24,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from s2cnet.fcdb import split_fcdb
 from s2cnet.imageio import open_image
+from s2cnet.training.fcdb import split_fcdb
 
 YUNET_SIDE = 640  # YuNet's long side: faces down to ~10 px there, ~35 ms a photo on one core
 LOW_SCORE = 0.3  # rows kept from here: the low-confidence ones become "ignore" regions in training
 DEEPLAB_SIDE = 513
-FCDB_VAL_SIZE = 138  # the FCDB split s2cnet.train validates on (TrainConfig.fcdb_val_size, seed 0)
+FCDB_VAL_SIZE = 138  # the FCDB split s2cnet.training.train validates on (TrainConfig.fcdb_val_size, seed 0)
 DUTS_VAL_SIZE = 100  # the DUTS photos train_saliency validates on (first 100 names)
 
 

@@ -1,9 +1,9 @@
 """Training checkpoints -> the small fp16 files shipped in ``s2cnet/weights/``.
 
-    python -m s2cnet.export --checkpoint runs/s2cnet --saliency-head runs/saliency_head.pt \
+    python -m s2cnet.training.export --checkpoint runs/s2cnet --saliency-head runs/saliency_head.pt \
         --out s2cnet/weights/s2cnet.pt
-    python -m s2cnet.export --saliency runs/saliency.pt --out s2cnet/weights/saliency.pt
-    python -m s2cnet.export --into s2cnet/weights/s2cnet.pt --subject-heads runs/subject_heads.pt
+    python -m s2cnet.training.export --saliency runs/saliency.pt --out s2cnet/weights/saliency.pt
+    python -m s2cnet.training.export --into s2cnet/weights/s2cnet.pt --subject-heads runs/subject_heads.pt
 
 A run directory stands for whichever of its last epoch (last.pt) and its weight average (final.pt)
 scored the higher validation SRCC: the choice is made on the held-out photos, never on test.

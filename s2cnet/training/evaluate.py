@@ -1,7 +1,7 @@
 """Evaluate on GAICD with GAIC's metrics, side by side with baselines.
 
-    python -m s2cnet.evaluate --data ../shared/data/gaicd --split test
-    python -m s2cnet.evaluate --split test --objects proposed     # our own object proposals
+    python -m s2cnet.training.evaluate --data ../shared/data/gaicd --split test
+    python -m s2cnet.training.evaluate --split test --objects proposed     # our own object proposals
 
 Rows: the model; "crop area" (bigger is better); smartcrop.py scoring the same candidates; and the
 GAIC-style network without the graph (RoI+RoD only) when its weights are given with --gaic-weights.
@@ -20,9 +20,9 @@ import torch
 from PIL import Image
 
 from s2cnet.cropper import DEFAULT_WEIGHTS, WEIGHTS_DIR, Cropper
-from s2cnet.data import GAICD
-from s2cnet.fcdb import FCDBPairs, boundary_displacement, iou, pair_accuracy, split_fcdb, winner_first
-from s2cnet.metrics import METRIC_COLUMNS, average_metrics, image_metrics
+from s2cnet.training.data import GAICD
+from s2cnet.training.fcdb import FCDBPairs, boundary_displacement, iou, pair_accuracy, split_fcdb, winner_first
+from s2cnet.training.metrics import METRIC_COLUMNS, average_metrics, image_metrics
 
 # A scorer maps (original image, crops [N,4], paper objects [M,4]) to scores [N].
 Scorer = Callable[[Image.Image, np.ndarray, np.ndarray], np.ndarray]

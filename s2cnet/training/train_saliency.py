@@ -4,12 +4,12 @@ No ImageNet weights can be downloaded on our machines, so the backbone first lea
 salient object in 3,000 human-masked DUTS photos. What makes a crop good depends heavily on keeping
 that object whole, so this is a relevant pretext task; the same head later proposes object boxes.
 
-    python -m s2cnet.train_saliency --data ../shared/data/duts --out runs/saliency.pt --epochs 4 --stop-after 3
+    python -m s2cnet.training.train_saliency --data ../shared/data/duts --out runs/saliency.pt --epochs 4 --stop-after 3
 
 After S2CNet is trained, a second run fits only the head on S2CNet's frozen backbone, so the shipped
 proposer reads the features the crop scorer computes anyway (one backbone pass per photo):
 
-    python -m s2cnet.train_saliency --backbone-from runs/s2cnet --init runs/saliency.pt \
+    python -m s2cnet.training.train_saliency --backbone-from runs/s2cnet --init runs/saliency.pt \
         --out runs/saliency_head.pt --epochs 2 --lr 1e-3
 
 With an ImageNet MobileNetV2 file (``--imagenet``, torchvision layout, BatchNorm folded as in
@@ -17,7 +17,7 @@ With an ImageNet MobileNetV2 file (``--imagenet``, torchvision layout, BatchNorm
 the stride-8 stage and every BatchNorm stay as ImageNet left them (a folded BatchNorm in training
 mode would renormalise by batch statistics), the later stages and the head learn.
 
-    python -m s2cnet.train_saliency --imagenet ../shared/data/pretrained/mobilenet_v2_imagenet_tf2.pth \
+    python -m s2cnet.training.train_saliency --imagenet ../shared/data/pretrained/mobilenet_v2_imagenet_tf2.pth \
         --tf-padding --epochs 4 --lr 5e-4 --out runs/duts_on_imagenet.pt
 """
 

@@ -1,7 +1,7 @@
 """Trains the face / person / object heads on the shipped scorer's frozen backbone, from teacher labels.
 
-    python -m s2cnet.teacher_labels --out runs/teachers            # once: YuNet + DeepLab labels
-    python -m s2cnet.train_subject --labels runs/teachers --backbone-from s2cnet/weights/s2cnet.pt \
+    python -m s2cnet.training.teacher_labels --out runs/teachers            # once: YuNet + DeepLab labels
+    python -m s2cnet.training.train_subject --labels runs/teachers --backbone-from s2cnet/weights/s2cnet.pt \
         --out runs/subject_heads.pt --epochs 20 --threads 2
 
 The backbone stays frozen (BatchNorm statistics included), so crop scores do not move: the heads
@@ -37,7 +37,7 @@ from s2cnet.backbone import fuse
 from s2cnet.checkpoint import load_checkpoint
 from s2cnet.imageio import open_image
 from s2cnet.subject import PERSON, STRIDE, SubjectHeads, SubjectMaps, cell_boxes, decode_faces
-from s2cnet.teacher_labels import heldout_ids, photo_list
+from s2cnet.training.teacher_labels import heldout_ids, photo_list
 from s2cnet.transforms import model_input
 
 FACE_SCORE = 0.6  # YuNet rows at or above this are faces; LOW_SCORE..this are "not sure" (ignored)
@@ -369,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
         print(json.dumps(row), flush=True)
         torch.save({"heads": heads.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "epoch": epoch,
                     "history": history, "rng": rng.getstate()}, resume)
-        command = "python -m s2cnet.train_subject " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = "python -m s2cnet.training.train_subject " + " ".join(argv if argv is not None else sys.argv[1:])
         torch.save({"heads": heads.state_dict(), "config": config, "history": history, "face_threshold": row["threshold"],
                     "sure_face": row["sure_face"], "backbone_from": str(args.backbone_from), "command": command}, args.out)
     print(f"saved {args.out}")

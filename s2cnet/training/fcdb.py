@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from s2cnet.data import prepare_photo
+from s2cnet.training.data import prepare_photo
 
 
 @dataclass

@@ -1,0 +1,112 @@
+"""The batch job's settings: ``JobConfig`` (each field is also its crop_bucket option) and ``ModelSpec``
+(how each actor builds its Cropper). Plain data, imported by the driver (``pipelines.batch``) and the
+stages (``pipelines.stages``) alike.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pipelines.photos import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """How each actor builds its Cropper; the default is ``Cropper.from_pretrained()``."""
+
+    weights: str | None = None  # None: the weights shipped in the s2cnet package
+    proposals: bool = True  # object proposals (saliency); False scores with no object nodes
+    untrained_ok: bool = False  # dev/demo only: random (seeded) weights when no weights file exists
+
+    def version(self) -> str:
+        """The model version the actors' Croppers will record, known here without building a model."""
+        from s2cnet.checkpoint import weights_version
+        from s2cnet.cropper import DEFAULT_WEIGHTS, Cropper
+
+        path = Path(self.weights) if self.weights else DEFAULT_WEIGHTS
+        return weights_version(path) if path.exists() else Cropper.UNTRAINED_VERSION
+
+    def card(self) -> dict:
+        """The weight card (JSON beside the weights file) without its training history: what a
+        warehouse user needs to know which model made the rows."""
+        from s2cnet.cropper import DEFAULT_WEIGHTS
+
+        path = (Path(self.weights) if self.weights else DEFAULT_WEIGHTS).with_suffix(".json")
+        try:
+            card = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        keep = ("config", "init", "training_command", "test_metrics")
+        return {k: card[k] for k in keep if k in card} | {"subject_heads": bool(card.get("subject_heads"))}
+
+    def build(self):
+        from s2cnet.cropper import DEFAULT_WEIGHTS, Cropper
+
+        path = Path(self.weights) if self.weights else DEFAULT_WEIGHTS
+        if not path.exists():
+            if not self.untrained_ok:
+                raise FileNotFoundError(f"no S2CNet weights at {path} (pass --weights PATH)")
+            warnings.warn(f"no S2CNet weights at {path}: using a seeded random-weight model (demo only)", stacklevel=2)
+            return Cropper.untrained()  # seeded: every actor scores with the same random model
+        if self.proposals:
+            try:
+                return Cropper.from_pretrained(path, proposer="default")
+            except (ImportError, FileNotFoundError) as e:
+                if not self.untrained_ok:
+                    raise RuntimeError(f"object proposals unavailable ({e}); pass --no-proposals") from e
+                warnings.warn(f"object proposals unavailable ({e}): scoring without object nodes", stacklevel=2)
+        return Cropper.from_pretrained(path, proposer=None)
+
+
+def _opt(default, help: str, flag: str | None = None, **kw):
+    """A JobConfig field and its command-line option in one place (crop_bucket builds its parser from these)."""
+    factory = kw.pop("default_factory", None)
+    meta = {"help": help, "flag": flag, **kw}
+    return field(default_factory=factory, metadata=meta) if factory else field(default=default, metadata=meta)
+
+
+@dataclass
+class JobConfig:
+    """The batch job's settings; each field's metadata is its crop_bucket option (flag and help)."""
+
+    input: str = _opt(None, "s3://bucket/prefix or a local folder of photos")
+    output: str = _opt(None, "s3://bucket/prefix or a local folder: the Parquet dataset")
+    ratios: list[str] = _opt(None, "comma-separated W:H aspect ratios",
+                             default_factory=lambda: ["1:1", "4:3", "16:9", "9:16"])
+    thumbnails: str | None = _opt(None, "write JPEG thumbnails to {THUMBNAILS}/{key}/{W}x{H}.jpg")
+    thumb_width: int = _opt(512, "thumbnail width in px (never upscaled)")
+    endpoint_url: str | None = _opt(None, "S3-compatible endpoint (default: $AWS_ENDPOINT_URL, else AWS)")
+    actors: int | None = _opt(None, "the actor pool's largest size (default: one per GPU, else one per CPU, of the "
+                                    "cluster as it is now)")
+    min_actors: int = _opt(1, "the pool's smallest size; it grows towards --actors as the autoscaler adds nodes")
+    gpus_per_actor: float | None = _opt(None, "default: 1 when the cluster has GPUs, else 0")
+    cpus_per_actor: float = _opt(1.0, "CPUs each actor holds (its torch threads)")
+    cpus_per_io_task: float = _opt(1.0, "CPUs each fetch/decode or thumbnail task holds (with the I/O stages as tasks)")
+    io_stages: str = _opt("auto", "where photos are fetched and decoded and thumbnails written: 'tasks' (CPU tasks "
+                                  "ahead of and after the model actors, so a GPU never waits on JPEG work), 'actors' "
+                                  "(inside them: no object-store round trips), or 'auto' (tasks when the actors hold "
+                                  "GPUs)", choices=("auto", "tasks", "actors"))
+    batch_size: int = _opt(8, "photos per crop_batch call")
+    limit: int | None = _opt(None, "process at most N photos (of those not done yet)")
+    resume: bool = _opt(False, "skip (photo, ratio) pairs already in --output; photos changed since, rows of "
+                               "other weights and transient errors (read, thumbnail) are done again")
+    retry_errors: bool = _opt(False, "with --resume, also redo photos whose rows hold any error")
+    max_error_rate: float = _opt(0.05, "exit 1 when more than this share of the photos processed fails")
+    overwrite: bool = _opt(False, "delete --output first")
+    model: ModelSpec = _opt(None, "", default_factory=ModelSpec)  # its options: --weights, --no-proposals, --untrained-ok
+    max_pixels: int = _opt(DEFAULT_MAX_PIXELS, "larger photos become error rows, refused from their header")
+    max_bytes: int = _opt(DEFAULT_MAX_BYTES, "larger objects become error rows without being read")
+    block_photos: int = _opt(64, "photos per Ray Data block (per map task), at most")
+    rows_per_file: int = _opt(5000, "rows per Parquet file, at least (the last file of a run may hold fewer)")
+    partition_by_date: bool = _opt(False, "write each run's files under processed_date=YYYY-MM-DD/ (Hive style: "
+                                          "pyarrow, DuckDB and Spark read the date as a column and can prune by it)")
+    progress: bool = _opt(True, "no progress bars", flag="--no-progress")
+    ray_address: str | None = _opt(None, "Ray cluster address (default: $RAY_ADDRESS, a running local cluster, or new)",
+                                   flag="--address")
+    forward_aws_env: bool = _opt(True, "do not pass this shell's AWS_* variables to the Ray workers",
+                                 flag="--no-forward-aws-env")
+    wait_for_actors_s: float | None = _opt(None, "start cropping only once all actors are up (default: as soon as one is)",
+                                           flag="--wait-for-actors")
