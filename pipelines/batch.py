@@ -166,7 +166,7 @@ class Summary:
     planned: int
     ok: int  # planned photos with no error row
     failed: int  # planned photos with at least one error row
-    rows: int  # rows of planned photos now in the output
+    rows: int  # rows this run wrote (its planned (photo, ratio) pairs and whole-photo error rows)
     missing: list[str]  # planned keys that still lack a ratio: must be empty
     duplicates: int  # (key, ratio) pairs present more than once: must be 0
     seconds: float
@@ -202,8 +202,11 @@ class Summary:
 
 
 def check(output: Location, work: list, ratios: list[str]) -> tuple[int, int, int, list[str], int, collections.Counter]:
-    """Read the output back: (ok, failed, rows, missing keys, duplicate pairs, error kinds) for ``work``."""
+    """Read the output back: (ok, failed, rows, missing keys, duplicate pairs, error kinds) for ``work``.
+    ``rows`` counts what this run wrote: rows of the (key, ratio) pairs it planned, and whole-photo error
+    rows of its keys, not the rows a resumed key already had (its other ratios)."""
     planned = {f.key for f, _ in work}
+    todo = {(f.key, r) for f, rs in work for r in rs}
     table = read_output(output, ["key", "ratio", "error_kind"])
     pairs: collections.Counter = collections.Counter()
     failed_keys, errors = set(), collections.Counter()
@@ -211,7 +214,8 @@ def check(output: Location, work: list, ratios: list[str]) -> tuple[int, int, in
     for k, r, e in zip(*(table.column(c).to_pylist() for c in ("key", "ratio", "error_kind"))):
         if k not in planned:
             continue
-        rows += 1
+        if r is None or (k, r) in todo:  # a planned key's whole-photo error row can only be this run's
+            rows += 1
         pairs[(k, r)] += 1
         if e is not None:
             failed_keys.add(k)

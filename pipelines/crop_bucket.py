@@ -49,9 +49,22 @@ def job_options(p: argparse.ArgumentParser) -> None:
                        help=f.metadata["help"] + (f" (default: {shown})" if shown not in (None, "") else ""))
 
 
+# What the demo honours besides --demo itself; any other option given with it is refused, never ignored.
+DEMO_OPTIONS = {"demo_dir", "ratios", "batch_size", "actors", "progress", "summary_json"}
+
+
+def ignored_by_demo(p: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The options given (not left at their parser default) that the demo would not use, as flags."""
+    flags = {f.name: f.metadata.get("flag") or "--" + f.name.replace("_", "-") for f in fields(JobConfig)}
+    given = [k for k, v in vars(args).items() if k not in DEMO_OPTIONS | {"demo"} and v != p.get_default(k)]
+    return [flags.get(k, "--" + k.replace("_", "-")) for k in given]
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--demo", action="store_true", help="run the embedded demo (also the default with no arguments)")
+    p.add_argument("--demo", action="store_true",
+                   help="run the embedded demo (also the default with no arguments); it takes only --demo-dir, "
+                        "--ratios, --batch-size, --actors, --no-progress and --summary-json")
     p.add_argument("--demo-dir", default="ugc-crop-demo", help="where the demo writes its contact sheet")
     job_options(p)
     p.add_argument("--weights", help="S2CNet weights file (default: the weights shipped with s2cnet)")
@@ -63,6 +76,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.demo = True
     if not args.demo and not (args.input and args.output):
         p.error("--input and --output are both required (or neither, for the demo)")
+    if args.demo and (ignored := ignored_by_demo(p, args)):
+        p.exit(2, f"crop_bucket: the demo (--demo, or no --input and --output) does not use {', '.join(ignored)}: "
+                  f"drop {'it' if len(ignored) == 1 else 'them'}, or give --input and --output to run the job on "
+                  "your own photos\n")
     try:
         if args.ratios is not None:
             args.ratios = normalize_ratios(args.ratios)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 from conftest import GAICD_DIR, needs_gaicd
-from synthetic_gaicd import write_gaicd
 
 from s2cnet.imageio import open_image
 from s2cnet.training.data import GAICD, read_yxyx
+from s2cnet.training.synthetic import write_gaicd
 from s2cnet.transforms import IMAGENET_MEAN, IMAGENET_STD, hflip_boxes, model_input
 
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from synthetic_gaicd import write_gaicd
 
 from s2cnet.model import S2CNetConfig
 from s2cnet.training.fcdb import FCDBPairs, boundary_displacement, iou, pair_accuracy, split_fcdb, winner_first
 from s2cnet.training.losses import preference_loss
+from s2cnet.training.synthetic import write_gaicd
 from s2cnet.training.train import TrainConfig, train
 
 

@@ -98,6 +98,40 @@ def test_plan_keeps_only_missing_pairs():
     assert [f.key for f, _ in work] == ["a", "d"]
 
 
+def test_summary_counts_the_rows_this_run_wrote_after_a_resume_that_adds_a_ratio(tmp_path):
+    """A resumed run that adds 16:9 to photos that have 1:1 wrote one row a photo, not two."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.batch import check
+
+    out = tmp_path / "crops"
+    out.mkdir()
+    table = lambda rows: pa.table({"key": [r[0] for r in rows], "ratio": [r[1] for r in rows],  # noqa: E731
+                                   "error_kind": [r[2] for r in rows]})
+    pq.write_table(table([("a.jpg", "1:1", None), ("b.jpg", "1:1", None), ("c.jpg", None, "corrupt")]),
+                   out / "first.parquet")  # the earlier run: c.jpg is unreadable, so it is not planned again
+    pq.write_table(table([("a.jpg", "16:9", None), ("b.jpg", "16:9", "crop")]), out / "second.parquet")
+    work = [(InputFile(k, k, 1), ["16:9"]) for k in ("a.jpg", "b.jpg")]
+    ok, failed, rows, missing, dups, errors = check(Location(str(out)), work, ["1:1", "16:9"])
+    assert (ok, failed, rows, missing, dups, dict(errors)) == (1, 1, 2, [], 0, {"crop": 1})
+
+
+def test_the_demo_refuses_options_it_would_ignore(capsys):
+    from pipelines.crop_bucket import parse_args
+
+    for argv, named in ((["--demo", "--resume"], "--resume"), (["--resume"], "--resume"),
+                        (["--demo", "--limit", "3", "--weights", "w.pt"], "--limit, --weights"),
+                        (["--demo", "--no-forward-aws-env"], "--no-forward-aws-env")):
+        with pytest.raises(SystemExit) as e:
+            parse_args(argv)
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.count("\n") == 1 and f"does not use {named}:" in err, err
+    args = parse_args(["--demo", "--ratios", "1:1,8:6", "--batch-size", "2", "--actors", "1", "--no-progress",
+                       "--demo-dir", "elsewhere", "--summary-json", "s.json"])  # what the demo does use
+    assert args.demo and args.ratios == ["1:1", "4:3"]
+
+
 def test_decode_gives_a_reason_per_kind_of_bad_upload(files):
     for key, (data, exp) in files.items():
         if isinstance(exp, tuple) and exp[0] == "error":

@@ -107,6 +107,25 @@ def interrupt_after_first_result(experiment: Path, stop: threading.Event) -> Non
         time.sleep(0.1)
 
 
+def test_smoke_without_gaicd_trains_on_synthetic_data_and_keeps_only_the_tables(ray_session, tmp_path, capsys):
+    """A fresh clone has no ../shared/data: --smoke says so, trains on the synthetic GAICD-like set, and
+    (without --storage) removes its experiment, checkpoints included, keeping the exported tables."""
+    argv = ["--smoke", "--unpaired", "--epochs", "1", "--data", str(tmp_path / "no_gaicd_here"), "--export-dir",
+            str(tmp_path / "tables"), "--cpus-per-trial", "0.5", "--verbose", "0"]
+    done = sweep.main(argv)
+    out = capsys.readouterr().out
+    assert f"GAICD not found at {tmp_path / 'no_gaicd_here'}: the smoke run trains on a synthetic" in out
+    rows = done["leaderboard"]
+    assert done["unfinished"] == 0 and len(rows) == 1 and rows[0]["status"] == "ok" and not math.isnan(rows[0]["SRCC"])
+    assert not Path(done["experiment"]).exists()  # the temporary experiment went with its checkpoints
+    assert sorted(p.name for p in (tmp_path / "tables").iterdir()) == [
+        "best_config.json", "best_trial.json", "edge_summary.csv", "leaderboard.csv"]
+    with pytest.raises(SystemExit):  # nothing kept to resume
+        sweep.parse_args(["--smoke", "--resume"])
+    with pytest.raises(SystemExit, match="--smoke"):  # a real sweep needs the data, and says what to do
+        sweep.main(["--data", str(tmp_path / "no_gaicd_here")])
+
+
 @needs_gaicd()
 def test_smoke_sweep_interrupted_resumed_and_exported(ray_session, tmp_path):
     argv = ["--smoke", "--storage", str(tmp_path), "--name", "smoke", "--epochs", "3", "--cpus-per-trial", "0.5",

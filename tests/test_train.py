@@ -10,7 +10,6 @@ import pytest
 import torch
 import torchvision
 from PIL import Image
-from synthetic_gaicd import write_gaicd
 
 from s2cnet.backbone import FusedMobileNetV2
 from s2cnet.checkpoint import best_run, chosen_checkpoint, load_checkpoint
@@ -19,6 +18,7 @@ from s2cnet.model import S2CNet, S2CNetConfig
 from s2cnet.saliency import SaliencyHead, SaliencyNet, load_saliency_head
 from s2cnet.training.data import GAICD
 from s2cnet.training.export import export_model
+from s2cnet.training.synthetic import write_gaicd
 from s2cnet.training.train import TrainConfig, load_backbone_init, parse_args, train, update_average
 from s2cnet.training.train_saliency import main as saliency_main
 

@@ -1,6 +1,6 @@
 """Ray Tune sweep over S2CNet's graph design and training knobs, ASHA-scheduled.
 
-    python tune/sweep.py --smoke                               # tiny subset, < 3 minutes on 2 cores
+    python tune/sweep.py --smoke                               # about 1 minute on 2 cores; synthetic data without GAICD
     nice -n 19 python tune/sweep.py --samples 4 --init runs/saliency.pt
     nice -n 19 python tune/sweep.py --samples 4 --init runs/saliency.pt --resume   # after an interruption
     python tune/sweep.py --storage s3://bucket/sweeps --s3-endpoint http://127.0.0.1:8333
@@ -9,6 +9,11 @@ Every trial is one ``s2cnet.training.train.train`` run in its own trial director
 Acc10 on a validation split carved from GAICD *train* (never the test split) after each epoch,
 with ``last.pt`` as a Tune checkpoint, so ASHA can stop weak trials early and an interrupted
 sweep resumes every trial from its last finished epoch (``Tuner.restore``).
+
+``--smoke`` checks the whole machinery in about a minute: 3 trials of 2 epochs on 4 photos. Where
+``--data`` holds no GAICD (a fresh clone without ../shared/data) it trains on a small synthetic set in
+GAICD's format and says so. Without ``--storage`` its experiment (checkpoints, about 250 MB) lives in
+a temporary directory removed at the end; only the tables stay, in runs/tune/smoke/.
 
 By default the edge strategy is a grid axis with the other hyperparameters held constant across
 it (``constant_grid_search``): each of the ``--samples`` draws runs once per strategy, which
@@ -26,6 +31,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import urlparse
@@ -45,6 +51,10 @@ SWEEP_ONLY = ("out", "epochs", "limit", "val_size", "threads")
 
 FULL = dict(epochs=3, limit=150, val_size=40, samples=4, concurrent=2, name="s2cnet_sweep")
 SMOKE = dict(epochs=2, limit=4, val_size=3, samples=1, concurrent=2, name="smoke")
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "gaicd"
+DEFAULT_STORAGE = ROOT / "runs" / "tune"
+SMOKE_TIME = "about 1 minute"  # measured: `time python tune/sweep.py --smoke`, 2 cores (docstring and docs agree)
+SYNTHETIC_PHOTOS = 8  # enough for the smoke split: 4 training + 3 validation photos
 
 
 def search_space(paired: bool = True) -> dict:
@@ -95,13 +105,23 @@ def run_trial(config: dict) -> None:
         staging.mkdir(exist_ok=True)
         os.replace(ckpt_path, staging / "last.pt")  # train() only reads last.pt at start: Tune's copy is the one
         tune.report({"epoch": epoch + 1, "SRCC": val["SRCC"], "PCC": val["PCC"], "Acc5": val["Acc5"],
-                     "Acc10": val["Acc10"], "start_epoch": start_epoch},
+                     "Acc10": val["Acc10"], "start_epoch": start_epoch, "staging": str(staging)},
                     checkpoint=tune.Checkpoint.from_directory(staging))
-        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(staging, ignore_errors=True)  # Tune stops a finished trial during its last report: see drop_staging
 
     from s2cnet.training.train import train
 
     train(cfg, report=report)
+
+
+def drop_staging(grid) -> None:
+    """Removes the checkpoint staging folders a trial could not remove itself (Tune stops a trial while
+    its last report returns), each a copy of a checkpoint Tune already holds (~40 MB a trial); only
+    those on this machine, in Ray's session folder."""
+    for r in grid:
+        staging = (r.metrics or {}).get("staging")
+        if staging and Path(staging).name == "checkpoint":
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def resolve_storage(spec: str, endpoint: str | None = None):
@@ -295,9 +315,11 @@ SUMMARY_COLUMNS = ["edge_strategy", "trials", "best_SRCC", "trials_full", "mean_
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--smoke", action="store_true", help=f"tiny subset: {SMOKE}")
+    ap.add_argument("--smoke", action="store_true",
+                    help=f"check the machinery on a tiny subset ({SMOKE_TIME} on 2 cores): {SMOKE}")
     ap.add_argument("--samples", type=int, help="hyperparameter draws (x3 trials when paired)")
-    ap.add_argument("--storage", default=str(ROOT / "runs" / "tune"), help="local dir or s3://bucket/prefix")
+    ap.add_argument("--storage", help="local dir or s3://bucket/prefix for the experiment (default: runs/tune; "
+                                      "--smoke without it uses a temporary dir, removed after the run)")
     ap.add_argument("--s3-endpoint", default=os.environ.get("AWS_ENDPOINT_URL"), help="custom S3 endpoint URL")
     ap.add_argument("--name", help="experiment name (a directory under --storage)")
     ap.add_argument("--resume", action="store_true", help="continue an interrupted experiment (Tuner.restore)")
@@ -305,7 +327,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                                 "experiment (running or interrupted) without running it")
     ap.add_argument("--export-dir", type=Path, help="where the leaderboard and best config go (default: the "
                                                     "experiment dir when storage is local, else runs/tune/<name>)")
-    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "gaicd"))
+    ap.add_argument("--data", default=str(DEFAULT_DATA),
+                    help="GAICD folder (images/, annotations/, objects/, split.json); trials train and validate on its "
+                         "train split only (default: ../shared/data/gaicd; --smoke falls back to a synthetic "
+                         "GAICD-like set when the folder holds no GAICD)")
     ap.add_argument("--init", help="backbone checkpoint for every trial, e.g. runs/saliency.pt")
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--limit", type=int, help="training images per trial")
@@ -323,6 +348,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for k, v in (SMOKE if args.smoke else FULL).items():
         if getattr(args, k) is None:
             setattr(args, k, v)
+    args.temporary = args.smoke and args.storage is None
+    if args.temporary and (args.resume or args.report_only):
+        ap.error("a --smoke run without --storage keeps no experiment to resume or report: pass --storage DIR")
     return args
 
 
@@ -343,14 +371,48 @@ def ensure_ray(args: argparse.Namespace) -> bool:
     return True
 
 
+def is_gaicd(folder: str | Path) -> bool:
+    return (Path(folder) / "split.json").exists()
+
+
+def export_dir(args: argparse.Namespace, path: str, fs) -> Path:
+    """Where the tables and the best config go: --export-dir, else the experiment dir when it is a
+    local and kept one, else runs/tune/<name>."""
+    if args.export_dir:
+        return Path(args.export_dir)
+    local = fs is None and not path.startswith("s3://")
+    return Path(path) if local and not args.temporary else DEFAULT_STORAGE / args.name
+
+
+def smoke_data(args: argparse.Namespace, folder: Path) -> str:
+    """GAICD where --data has it; for --smoke without it, a synthetic GAICD-like set written into
+    ``folder`` (seeded: a resumed run finds the same photos), announced on stdout."""
+    if is_gaicd(args.data):
+        return args.data
+    from s2cnet.training.synthetic import write_gaicd
+
+    write_gaicd(folder, n_images=SYNTHETIC_PHOTOS, size=(320, 240), seed=args.seed)
+    print(f"GAICD not found at {args.data}: the smoke run trains on a synthetic GAICD-like set "
+          f"({SYNTHETIC_PHOTOS} generated photos in {folder}); its scores say nothing about the model", flush=True)
+    return str(folder)
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Runs or resumes the sweep, then reports; returns the written paths and tables."""
+    args = parse_args(argv)
+    if not args.smoke and not args.report_only and not is_gaicd(args.data):
+        raise SystemExit(f"GAICD not found at {args.data} (expected split.json): pass --data FOLDER, "
+                         "or --smoke to try the sweep on a synthetic set")
+    if not args.temporary:
+        return _sweep(args, args.storage or str(DEFAULT_STORAGE), argv)
+    with tempfile.TemporaryDirectory(prefix="ugc-crop-smoke-") as scratch:  # checkpoints go, the tables stay
+        return _sweep(args, scratch, argv)
+
+
+def _sweep(args: argparse.Namespace, storage: str, argv: list[str] | None) -> dict:
     from ray import tune
 
-    args = parse_args(argv)
-    if not (Path(args.data) / "split.json").exists():
-        raise SystemExit(f"GAICD not found at {args.data} (expected split.json)")
-    storage_path, fs = resolve_storage(args.storage, args.s3_endpoint)
+    storage_path, fs = resolve_storage(storage, args.s3_endpoint)
     path = experiment_path(storage_path, args.name)
     if args.report_only:
         from ray.tune import ExperimentAnalysis, ResultGrid
@@ -369,10 +431,14 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             if args.resume:
                 print(f"nothing to resume at {path}; starting a new sweep", flush=True)
+            if args.smoke:
+                scratch = Path(storage) if args.temporary else export_dir(args, path, fs)
+                args.data = smoke_data(args, scratch / "synthetic_gaicd")
             write_settings(path, fs, {"planned_trials": args.samples * (1 if args.unpaired else len(EDGE_STRATEGIES)),
                                       "argv": list(sys.argv[1:] if argv is None else argv)})
             tuner = build_tuner(args, base_config(args), storage_path, fs)
         grid = tuner.fit()
+        drop_staging(grid)
         settings = read_settings(path, fs) or {}
     finally:
         if started:
@@ -388,8 +454,7 @@ def report(grid, args: argparse.Namespace, path: str, fs, planned: int) -> dict:
     # finished = stopped by ASHA, ran all epochs, or errored; an interrupted sweep also has trials not yet created
     finished = sum(1 for r in grid if r.error or (r.metrics or {}).get("done"))
     unfinished = max(planned - finished, 0)
-    local = fs is None and not path.startswith("s3://")
-    export = args.export_dir or (Path(path) if local else ROOT / "runs" / "tune" / args.name)
+    export = export_dir(args, path, fs)
     export.mkdir(parents=True, exist_ok=True)
     write_csv(export / "leaderboard.csv", rows, LEADERBOARD_COLUMNS)
     write_csv(export / "edge_summary.csv", summary, SUMMARY_COLUMNS)
@@ -400,7 +465,7 @@ def report(grid, args: argparse.Namespace, path: str, fs, planned: int) -> dict:
     out = {"experiment": path, "leaderboard": rows, "summary": summary, "unfinished": unfinished,
            "leaderboard_csv": export / "leaderboard.csv", "summary_csv": export / "edge_summary.csv", "best_config": None}
     scored = [r for r in grid if r.config is not None and not math.isnan((r.metrics or {}).get(METRIC, math.nan))]
-    if unfinished:
+    if unfinished and not args.temporary:
         print(f"\n{unfinished} of {planned} trial(s) unfinished: rerun with --resume to continue {path}")
     if not scored:
         return out

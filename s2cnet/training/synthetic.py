@@ -1,4 +1,5 @@
-"""A tiny dataset in GAICD's on-disk format, for loader and training tests that must not need ../shared/data.
+"""A tiny dataset in GAICD's on-disk format: for the loader and training tests, and for the sweep's
+smoke run when GAICD itself is absent (``python tune/sweep.py --smoke`` on a fresh clone).
 
 Each photo is noise with one bright square "subject"; a crop's MOS rises with the share of the subject
 it keeps, so the ranking is learnable. Files follow GAICD exactly: ``y1 x1 y2 x2 MOS`` per line (y first),
