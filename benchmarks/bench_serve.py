@@ -130,14 +130,16 @@ def breakdown(images: list[bytes], args: dict, repeats: int = 20) -> dict:
     the backbone, so the Cropper's total is below the sum.
     """
     from s2cnet.candidates import candidates
+    from s2cnet.choice import Regions, Subjects
     from s2cnet.cropper import PendingObjects
+    from s2cnet.image_stage import faces_in
     from serve.service import CropService
     from serve.settings import Settings
 
     svc = CropService(Settings.load(args))
     c = svc.cropper
     names = ("validate + draft decode (service.decode)", "cropper takes the decoded image", "resize+backbone",
-             "faces (worker thread)", "saliency boxes", "candidates", "score candidates", "choose", "sum of stages",
+             "faces (detector, worker thread)", "saliency boxes", "candidates", "score candidates", "choose", "sum of stages",
              "Cropper.crop total")
     stages: dict[str, list[float]] = {k: [] for k in names}
     ratios = RATIOS.split(",")
@@ -148,16 +150,19 @@ def breakdown(images: list[bytes], args: dict, repeats: int = 20) -> dict:
         validated = svc.decode(data); t.append(time.perf_counter())
         loaded = c._load(validated); t.append(time.perf_counter())  # the route hands its decode over
         feat, fused, scale = c._features(loaded); t.append(time.perf_counter())
-        faces = c.proposer.prepare(loaded.image) if c.proposer is not None else None; t.append(time.perf_counter())
+        faces = faces_in(c.face_detector, loaded) if c.face_detector is not None else None; t.append(time.perf_counter())
         none = np.zeros((0, 4), np.float32)
-        pending = PendingObjects(boxes=none) if c.proposer is None else PendingObjects(prepared=_done(faces))
-        objs = c._finish_objects(loaded, pending, fused)
+        prepared = c.proposer.prepare(loaded.image) if c.proposer is not None else None
+        pending = PendingObjects(boxes=none) if c.proposer is None else PendingObjects(prepared=_done(prepared), faces=faces)
+        found = c._finish_objects(loaded, pending, fused)
+        objs = found.boxes
         t.append(time.perf_counter())
         w, h = loaded.original_size
         per_ratio = [candidates(w, h, r, c.grid) for r in ratios]; t.append(time.perf_counter())
         scores = c._score(feat, scale, np.concatenate(per_ratio), objs); t.append(time.perf_counter())
         parts = np.split(scores, np.cumsum([len(b) for b in per_ratio])[:-1])
-        [c._choose(r, b, s, objs) for r, b, s in zip(ratios, per_ratio, parts)]; t.append(time.perf_counter())
+        subjects = Subjects.of(found, loaded.original_size, c.protected_objects)
+        c._choose(ratios, per_ratio, parts, [None] * len(ratios), subjects, Regions(), None); t.append(time.perf_counter())
         c.crop(svc.decode(data), ratios); t.append(time.perf_counter())
         n_cand, n_obj = sum(map(len, per_ratio)), len(objs)
         if i >= 2:  # warm-up

@@ -29,6 +29,13 @@ class ModelSpec:
         path = Path(self.weights) if self.weights else DEFAULT_WEIGHTS
         return weights_version(path) if path.exists() else Cropper.UNTRAINED_VERSION
 
+    def finds_faces(self) -> bool:
+        """Whether the actors' Croppers will have the shipped face detector (so the job's image-only
+        stage runs it, as the Cropper would)."""
+        from s2cnet.cropper import DEFAULT_WEIGHTS
+
+        return self.proposals and (Path(self.weights) if self.weights else DEFAULT_WEIGHTS).exists()
+
     def card(self) -> dict:
         """The weight card (JSON beside the weights file) without its training history: what a
         warehouse user needs to know which model made the rows."""

@@ -7,6 +7,7 @@ a photo that decodes gives one row per requested ratio, each with a box or its o
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Callable, Sequence
 
@@ -14,6 +15,8 @@ import pyarrow as pa
 from PIL import Image
 
 from s2cnet.candidates import ratio_name
+from s2cnet.faces import FaceDetectorFn, default_face_detector
+from s2cnet.image_stage import image_stage
 from s2cnet.imageio import ErrorKind, ImageLoadError, LoadedImage, open_image
 
 SCHEMA = pa.schema([
@@ -31,6 +34,14 @@ SCHEMA = pa.schema([
     ("faces", pa.int32()),  # faces found that some crop of this ratio keeps whole
     ("faces_kept", pa.int32()),  # of those, the ones this crop keeps whole
     ("saliency_kept", pa.float32()),  # share of the photo's saliency mass inside the crop
+    # per photo (the same on each of its rows): where any crop should be centred, and the smallest box
+    # that holds what must be kept (null when nothing must); a CDN can cut other ratios from these
+    ("focal_x", pa.int32()),
+    ("focal_y", pa.int32()),
+    ("safe_x1", pa.int32()),
+    ("safe_y1", pa.int32()),
+    ("safe_x2", pa.int32()),
+    ("safe_y2", pa.int32()),
     ("thumbnail", pa.string()),  # the thumbnail's URI, when one was written
     ("model_version", pa.string()),
     ("error_kind", pa.string()),  # null when fine; one of ERROR_KINDS
@@ -83,17 +94,27 @@ def thumbnail_path(root: str, key: str, ratio: str) -> str:
     return f"{root.rstrip('/')}/{key}/{ratio_name(ratio)}.jpg"
 
 
+@functools.cache
+def face_detector() -> FaceDetectorFn:
+    """One shipped face detector per process (the Cropper's default: the same faces in every stage)."""
+    return default_face_detector()
+
+
 def decode(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Upright RGB image at full size; the header is checked first so a decompression bomb is refused."""
     return open_photo(data, max_pixels).image
 
 
-def open_photo(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, target_short_side: int | None = None) -> LoadedImage:
-    """Upright RGB image, decoded no larger than ``target_short_side`` needs (JPEG draft mode: most of
-    the decode saved when only the model reads the pixels); ``original_size`` is the full size. The
-    loader refuses images over ``max_pixels`` from their header, before any pixel is decoded."""
+def open_photo(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, target_short_side: int | None = None,
+               faces: bool = False) -> LoadedImage:
+    """Upright RGB image; ``original_size`` is the full size. With ``target_short_side``: the Cropper's
+    image-only stage (``s2cnet.image_stage``): decoded no larger than the model and the face detector
+    need (JPEG draft mode), faces found when ``faces``, model-size pixels. The loader refuses images
+    over ``max_pixels`` from their header, before any pixel is decoded."""
     try:
-        return open_image(data, target_short_side=target_short_side, max_pixels=max_pixels)
+        if target_short_side is None:
+            return open_image(data, max_pixels=max_pixels)
+        return image_stage(data, target_short_side, face_detector() if faces else None, max_pixels)
     except ImageLoadError as e:
         raise PhotoError(e.kind.value, f"{'too large' if e.kind is ErrorKind.TOO_LARGE else 'decode'}: {reason(e)}") from e
 
@@ -143,6 +164,8 @@ def crop_row(key: str, size: tuple[int, int], ratio: str, crop, model_version: s
             "y2": y2, "score": float(crop.score), "objects_cut": len(crop.cut_objects),
             "objects_dropped": len(crop.dropped_objects), "faces": crop.faces, "faces_kept": crop.kept_faces,
             "saliency_kept": crop.saliency_kept, "thumbnail": None,
+            **dict(zip(("focal_x", "focal_y"), crop.focal_point or (None, None))),
+            **dict(zip(("safe_x1", "safe_y1", "safe_x2", "safe_y2"), crop.safe_box or (None,) * 4)),
             "model_version": model_version, "error_kind": None if error is None else "thumbnail", "error": error}
 
 

@@ -18,6 +18,7 @@ import functools
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 from PIL import Image
 
@@ -45,6 +46,7 @@ WORK = pa.schema([("key", pa.string()), ("path", pa.string()), ("size", pa.int64
 # input size needs), the upright full size, and the file's bytes only when thumbnails are wanted.
 DECODED = pa.schema([*WORK, ("width", pa.int32()), ("height", pa.int32()), ("format", pa.string()),
                      ("pixels", pa.binary()), ("pixel_width", pa.int32()), ("pixel_height", pa.int32()),
+                     ("faces", pa.list_(pa.float32())),  # x1, y1, x2, y2, score per face (full-size px); null: not run
                      ("source", pa.large_binary()), ("error_kind", pa.string()), ("error", pa.string())])
 # One row per photo after the model: its output rows (nested), and the bytes the thumbnails need.
 RUN_COLUMNS = ("source_size", "source_mtime_ns", "run_id", "processed_at")
@@ -64,6 +66,7 @@ class WorkerSpec:
     io_threads: int = 8
     use_gpu: bool = False
     short_side: int = 256  # the model's input short side: photos are decoded no larger than it needs
+    faces: bool = True  # the image-only stage runs the shipped face detector (the Cropper then takes its faces)
     in_actor: bool = True  # the actor also fetches, decodes and finishes (CPU-only clusters)
 
 
@@ -76,7 +79,7 @@ def _filesystem(uri: str, endpoint_url: str | None):
 def _fetch_one(item: dict, spec: WorkerSpec) -> dict:
     job = spec.job
     out = {**item, "width": None, "height": None, "format": None, "pixels": None, "pixel_width": None,
-           "pixel_height": None, "source": None, "error_kind": None, "error": None}
+           "pixel_height": None, "faces": None, "source": None, "error_kind": None, "error": None}
     try:
         if item["size"] > job.max_bytes:  # the listing's size: nothing is read
             raise PhotoError("too_large", f"too large: {item['size']} bytes exceeds the limit of {job.max_bytes}")
@@ -86,10 +89,11 @@ def _fetch_one(item: dict, spec: WorkerSpec) -> dict:
             raise PhotoError("read", f"read: {reason(e)}") from e
         # decoded as the Cropper decodes any upload (JPEG draft mode), so a crop never depends on
         # whether thumbnails were asked for; their bytes travel on beside the pixels
-        photo = open_photo(data, job.max_pixels, spec.short_side)
+        photo = open_photo(data, job.max_pixels, spec.short_side, faces=spec.faces)
         image = photo.image if photo.image.mode == "RGB" else photo.image.convert("RGB")
+        faces = None if photo.faces is None else np.c_[photo.faces[0], photo.faces[1]].astype(np.float32).ravel().tolist()
         out.update(width=photo.original_size[0], height=photo.original_size[1], format=photo.format,
-                   pixels=image.tobytes(), pixel_width=image.width, pixel_height=image.height,
+                   pixels=image.tobytes(), pixel_width=image.width, pixel_height=image.height, faces=faces,
                    source=data if job.thumbnails else None)
     except Exception as e:
         out.update(error_kind=error_kind(e), error=reason(e))
@@ -103,10 +107,15 @@ def fetch_and_decode(batch: pa.Table, spec: WorkerSpec) -> pa.Table:
         return pa.Table.from_pylist(list(pool.map(lambda item: _fetch_one(item, spec), items)), schema=DECODED)
 
 
-def loaded_image(row: dict) -> LoadedImage:
-    """A DECODED row's photo as the Cropper's loader would have returned it."""
+def loaded_image(row: dict, faces: bool = True) -> LoadedImage:
+    """A DECODED row's photo as the Cropper's image-only stage would have returned it (``faces=False``:
+    without the faces, for a Cropper that has no face detector)."""
     image = Image.frombytes("RGB", (row["pixel_width"], row["pixel_height"]), row["pixels"])
-    return LoadedImage(image, (row["width"], row["height"]), row["format"])
+    faces = None
+    if faces and row.get("faces") is not None:
+        f = np.asarray(row["faces"], np.float32).reshape(-1, 5)
+        faces = (f[:, :4].copy(), f[:, 4].copy())
+    return LoadedImage(image, (row["width"], row["height"]), row["format"], faces)
 
 
 class CropWorker:
@@ -143,7 +152,7 @@ class CropWorker:
             else:
                 by_ratios[tuple(p["ratios"])].append(i)
         for ratios, idx in by_ratios.items():
-            images = [loaded_image(photos[i]) for i in idx]
+            images = [loaded_image(photos[i], self.cropper.face_detector is not None) for i in idx]
             for i, image, crops in zip(idx, images, crop_safely(self.cropper.crop_batch, images, ratios)):
                 key, size = photos[i]["key"], image.original_size
                 for r, c in zip(ratios, crops):

@@ -62,7 +62,23 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--debug-size", type=int, default=1024, metavar="PX",
                    help="long side of debug overlays (default 1024; 0: full size)")
     c.add_argument("--no-progress", action="store_true", help="no progress bar (it shows only on a terminal)")
+    c.add_argument("--keep", action="append", metavar="X1,Y1,X2,Y2", default=[],
+                   help="a box (full-size pixels) every crop keeps whole when it can, ranked above faces; repeatable")
+    c.add_argument("--focus", metavar="X,Y", help="a point (full-size pixels) every crop must contain")
     return ap
+
+
+def numbers(text: str, n: int, flag: str, parser: argparse.ArgumentParser) -> list[float]:
+    """``n`` comma-separated finite numbers, or a usage error naming the flag."""
+    import math
+
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != n or not all(math.isfinite(v) for v in values):
+        parser.error(f"{flag} takes {n} comma-separated numbers, got {text!r}")
+    return values
 
 
 def expand_inputs(items: Iterable[str]) -> tuple[list[Path], list[str]]:
@@ -121,11 +137,16 @@ def crop_one(cropper: Cropper, path: Path, args: argparse.Namespace, names: _Nam
     from s2cnet.candidates import ratio_name
     from s2cnet.imageio import open_image
 
-    loaded = open_image(path, max_pixels=args.max_pixels or None)
-    image = loaded.image
-    analysis = cropper.analyse(image, args.ratio)
-    record = {"path": str(path), "width": image.width, "height": image.height,
-              "model_version": cropper.model_version, "crops": []}
+    # the crop sees exactly what the API, the service and the pipeline see for these bytes; only the
+    # written crops read the photo at full size
+    analysis = cropper.analyse(cropper.image_stage(path, max_pixels=args.max_pixels or None), args.ratio,
+                               keep=args.keep, focus=args.focus)
+    image = open_image(path, max_pixels=args.max_pixels or None).image if names is not None else None
+    width, height = analysis.size
+    first = analysis.crops[0]
+    record = {"path": str(path), "width": width, "height": height, "model_version": cropper.model_version,
+              "focal_point": list(first.focal_point) if first.focal_point else None,
+              "safe_box": list(first.safe_box) if first.safe_box else None, "crops": []}
     for crop in analysis.crops:
         x1, y1, x2, y2 = crop.box
         item = {"ratio": crop.ratio, "box": [x1, y1, x2, y2], "score": round(float(crop.score), 6),
@@ -251,6 +272,8 @@ def check_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         parser.error(f"--quality must be 1..100, got {args.quality}")
     if args.debug_size < 0:
         parser.error(f"--debug-size must be 0 (full size) or positive, got {args.debug_size}")
+    args.keep = [numbers(k, 4, "--keep", parser) for k in args.keep] or None
+    args.focus = numbers(args.focus, 2, "--focus", parser) if args.focus else None
     if args.weights is not None and not args.weights.is_file():
         parser.error(f"--weights {args.weights}: no such file")
     args.images, problems = expand_inputs(args.images)

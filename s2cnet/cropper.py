@@ -21,27 +21,18 @@ from PIL import ImageOps
 from s2cnet.backbone import BackboneMaps
 from s2cnet.candidates import GridConfig, anchored_candidates, anchored_free_candidates, candidates, canonical_ratio, unique_rows
 from s2cnet.checkpoint import load_checkpoint, weights_version
-from s2cnet.imageio import LoadedImage, open_image
+from s2cnet.choice import SALIENCY_WEIGHT, Crop, Policy, Regions, Subjects, caller_regions, focal_point_and_safe_box, mass_kept
+from s2cnet.faces import FaceBoxes, FaceDetectorFn, as_face_detector, default_face_detector
+from s2cnet.image_stage import decode, faces_in, for_model, image_stage
+from s2cnet.imageio import DEFAULT_MAX_PIXELS, LoadedImage
 from s2cnet.model import S2CNet
-from s2cnet.proposals import FACE, OBJECT, Proposals, Proposer, as_proposer, upsampled
+from s2cnet.proposals import FACE, OBJECT, POSSIBLE_FACE, Proposals, Proposer, as_proposer
 from s2cnet.transforms import hflip_boxes, mirror_first, model_input
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "s2cnet.pt"
 DEFAULT_SHORT_SIDE = 256  # the model's input short side (GAIC's): photos are decoded no larger than it needs
-SALIENCY_WEIGHT = 2.0  # score units per share of the saliency mass kept, within the integrity margin (chosen on validation)
-
-
-@dataclass
-class Crop:
-    ratio: str | None  # "W:H", or None for the free-ratio crop
-    box: tuple[int, int, int, int]  # x1, y1, x2, y2 in pixels of the upright image
-    score: float
-    cut_objects: list[tuple[int, int, int, int]] = field(default_factory=list)  # protected boxes the crop cuts through
-    dropped_objects: list[tuple[int, int, int, int]] = field(default_factory=list)  # protected boxes it leaves out
-    kept_faces: int = 0  # faces kept whole
-    faces: int = 0  # faces found (that some candidate of this ratio could keep whole)
-    saliency_kept: float | None = None  # share of the photo's saliency mass inside the crop (None: no saliency map)
+MAX_NODES = 10  # object nodes per photo: the graph's size (faces first, then the proposer's other boxes)
 
 
 def native_bf16() -> bool:
@@ -81,10 +72,12 @@ def finite_boxes(boxes, name: str) -> np.ndarray:
 @dataclass
 class PendingObjects:
     """A photo's object boxes on their way: known already (``boxes``, full-size pixels), or the
-    proposer's image-only stage running on the worker thread (``prepared``)."""
+    image-only stage running on the worker thread (``prepared``: the proposer's; ``faces``: the face
+    detector's, or the faces the photo arrived with)."""
 
     boxes: np.ndarray | None = None
     prepared: Future | None = None
+    faces: Future | FaceBoxes | None = None
 
 
 class Cropper:
@@ -93,9 +86,12 @@ class Cropper:
                  model_version: str = "untrained", integrity_margin: float = 0.1, protected_objects: int = 3,
                  saliency_weight: float = SALIENCY_WEIGHT,
                  bf16: bool | None = None, backbone_batch: int = 1, mirror_consistent: bool = False,
-                 graph_chunk: int | None = 64) -> None:
+                 graph_chunk: int | None = 64, face_detector: FaceDetectorFn | None = None) -> None:
         self.model = inference_copy(model)
         self.proposer = as_proposer(proposer)
+        # Faces from a dedicated detector (``s2cnet.faces``: any image -> (boxes, scores) callable), run
+        # on a decode large enough for it, on the worker thread; they replace the proposer's faces.
+        self.face_detector = as_face_detector(face_detector)
         self.device = torch.device("cpu")
         self._pool: ThreadPoolExecutor | None = None  # one worker: face detection beside the backbone
         # The graph head's large matmuls in bfloat16 where the CPU has native bf16 (AVX512-BF16/AMX):
@@ -105,9 +101,8 @@ class Cropper:
         self.short_side = short_side
         self.grid = grid
         self.model_version = model_version
-        # Faces are never cut or dropped when some candidate keeps them; then a crop within
-        # ``integrity_margin`` of the best score that loses fewer of the first ``protected_objects``
-        # other boxes (people, objects, salient regions) is preferred (see _choose).
+        # The crop policy (``s2cnet.choice``): the caller's regions, then faces by prominence, then within
+        # ``integrity_margin`` of the best score the fewest of the first ``protected_objects`` other boxes lost.
         self.integrity_margin = integrity_margin
         self.saliency_weight = saliency_weight
         self.protected_objects = protected_objects
@@ -149,9 +144,11 @@ class Cropper:
 
     @classmethod
     def from_pretrained(cls, path: str | Path | None = None, proposer="default", device: str | None = None,
-                        **kwargs) -> Cropper:
-        """Loads the committed weights (or ``path``); ``proposer=None`` disables object proposals;
-        ``device`` ("cuda", "cuda:1", ...) moves it there (default: the CPU)."""
+                        face_detector="default", **kwargs) -> Cropper:
+        """Loads the committed weights (or ``path``); ``proposer=None`` disables object proposals (and
+        faces); ``face_detector``: "default" (``s2cnet.faces.LibFaceDetection``), None (faces from the
+        subject heads alone), or any image -> (boxes, scores) callable; ``device`` ("cuda", ...) moves
+        the scorer there (default: the CPU)."""
         path = Path(path) if path is not None else DEFAULT_WEIGHTS
         if not path.exists():
             raise FileNotFoundError(f"no S2CNet weights at {path}")
@@ -161,17 +158,25 @@ class Cropper:
             from s2cnet.proposals import default_proposer
 
             proposer = default_proposer(head_state=ck.get("saliency_head"), subject_state=ck.get("subject_heads"))
-        cropper = cls(model, proposer=proposer, model_version=version, **kwargs)
+        if face_detector == "default":
+            face_detector = default_face_detector() if proposer is not None else None
+        cropper = cls(model, proposer=proposer, model_version=version, face_detector=face_detector, **kwargs)
         return cropper.to(device) if device else cropper
+
+    @property
+    def policy(self) -> Policy:
+        return Policy(self.integrity_margin, self.saliency_weight)
 
     # -- internals -------------------------------------------------------------------------------
     def _load(self, src) -> LoadedImage:
-        """Decode no larger than the model needs (JPEG draft mode); boxes stay in full-size pixels.
-        An already decoded LoadedImage (e.g. the service's validation) keeps its full-size record; the
-        loader reduces its pixels as it would an upload's (a no-op when they are small already)."""
-        if isinstance(src, LoadedImage):
-            return LoadedImage(open_image(src.image, target_short_side=self.short_side).image, src.original_size, src.format)
-        return open_image(src, target_short_side=self.short_side)
+        """Decoded as every entry point decodes (``s2cnet.image_stage``): large enough for the face
+        detector, JPEG draft mode; boxes stay in full-size pixels; a LoadedImage keeps its faces."""
+        return decode(src, self.short_side, self.face_detector)
+
+    def image_stage(self, src, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> LoadedImage:
+        """Decode, faces and model-size pixels in one call, for callers that run the image-only stage
+        apart from the model (the service's request path); the result is taken as it is by ``crop``."""
+        return image_stage(src, self.short_side, self.face_detector, max_pixels)
 
     def _features(self, loaded: LoadedImage) -> tuple[torch.Tensor, BackboneMaps, np.ndarray]:
         """One backbone pass -> (reduced map for the crops, the maps a sharing proposer reads, scale
@@ -206,33 +211,53 @@ class Cropper:
                     out[i] = (feat[k : k + 1], one, inputs[i][1])
         return out
 
-    def _start_objects(self, loaded: LoadedImage, objects) -> PendingObjects:
-        """Given objects (or none, without a proposer) as they are; else starts the proposer's
-        image-only stage on the worker thread."""
+    def _start_objects(self, detail: LoadedImage, loaded: LoadedImage, objects) -> PendingObjects:
+        """Given objects (or none, without a proposer) as they are; else starts the image-only stage on
+        the worker thread: the face detector on the large decode ``detail``, the proposer's own stage
+        on the model-size ``loaded``."""
         if objects is not None or self.proposer is None:
             boxes = np.zeros((0, 4), np.float32) if objects is None else finite_boxes(objects, "objects")
             return PendingObjects(boxes=boxes)
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="s2cnet-proposals")
-        return PendingObjects(prepared=self._pool.submit(self.proposer.prepare, loaded.image))
+        faces = detail.faces
+        if faces is None and self.face_detector is not None:
+            faces = self._pool.submit(faces_in, self.face_detector, detail)
+        return PendingObjects(prepared=self._pool.submit(self.proposer.prepare, loaded.image), faces=faces)
 
     def _finish_objects(self, loaded: LoadedImage, pending: PendingObjects, maps: BackboneMaps) -> Proposals:
-        """Object boxes in full-size pixels, and what each one is (given boxes are plain objects)."""
+        """Object boxes in full-size pixels, what each one is and how sure: the detector's faces (most
+        prominent first), then the proposer's other boxes; given boxes are plain objects."""
         if pending.boxes is not None:
             return Proposals(pending.boxes, (OBJECT,) * len(pending.boxes))
         found = self.proposer.propose(loaded.image, pending.prepared.result(),
                                       maps if self.proposer.shares_backbone else None)
-        boxes, kinds, saliency = found if isinstance(found, Proposals) else (found, None, None)
+        boxes, kinds, saliency, conf = (found if isinstance(found, Proposals) else Proposals(found, None))
         sx, sy = loaded.scale
         boxes = np.asarray(boxes, np.float32).reshape(-1, 4) * np.array([sx, sy, sx, sy], np.float32)
-        return Proposals(boxes, tuple(kinds) if kinds is not None else (OBJECT,) * len(boxes), saliency)
+        kinds = tuple(kinds) if kinds is not None else (OBJECT,) * len(boxes)
+        conf = np.ones(len(boxes), np.float32) if conf is None else np.asarray(conf, np.float32)
+        if pending.faces is None:
+            return Proposals(boxes, kinds, saliency, conf)
+        faces, scores = pending.faces.result() if isinstance(pending.faces, Future) else pending.faces
+        area = (faces[:, 2] - faces[:, 0]) * (faces[:, 3] - faces[:, 1])
+        order = np.argsort(-(area * scores), kind="stable")
+        rest = [i for i, k in enumerate(kinds) if k not in (FACE, POSSIBLE_FACE)]
+        faces, scores = faces[order][:MAX_NODES], scores[order][:MAX_NODES]
+        rest = rest[: MAX_NODES - len(faces)]
+        return Proposals(np.concatenate([faces, boxes[rest]]).astype(np.float32),
+                         (FACE,) * len(faces) + tuple(kinds[i] for i in rest), saliency,
+                         np.concatenate([scores, conf[rest]]).astype(np.float32))
 
     def _oriented(self, loaded: LoadedImage) -> tuple[LoadedImage, bool]:
         """The photo in the orientation every choice is made in (``transforms.mirror_first``), and
         whether that is its mirror; results are mirrored back, so callers never see it."""
-        if not self.mirror_consistent or not mirror_first(loaded.image):
+        if not self.mirror_consistent or not mirror_first(for_model(loaded, self.short_side).image):
             return loaded, False
-        return LoadedImage(ImageOps.mirror(loaded.image), loaded.original_size, loaded.format), True
+        faces = loaded.faces
+        if faces is not None:
+            faces = (hflip_boxes(faces[0], loaded.original_size[0]), faces[1])
+        return LoadedImage(ImageOps.mirror(loaded.image), loaded.original_size, loaded.format, faces), True
 
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_pool": None}  # threads do not pickle; a copy starts its own
@@ -252,66 +277,82 @@ class Cropper:
         objects: [M, 4] boxes, an empty [0, 4] array for no object nodes, or None to propose them.
         """
         boxes = finite_boxes(boxes, "boxes")
-        loaded, mirrored = self._oriented(self._load(image))
+        detail, mirrored = self._oriented(self._load(image))
         if len(boxes) == 0:
             return np.zeros(0, np.float32)
         if mirrored:
-            boxes = hflip_boxes(boxes, loaded.original_size[0])
-            objects = objects if objects is None else hflip_boxes(finite_boxes(objects, "objects"), loaded.original_size[0])
-        started = self._start_objects(loaded, objects)
+            boxes = hflip_boxes(boxes, detail.original_size[0])
+            objects = objects if objects is None else hflip_boxes(finite_boxes(objects, "objects"), detail.original_size[0])
+        loaded = for_model(detail, self.short_side)
+        started = self._start_objects(detail, loaded, objects)
         feat, maps, scale = self._features(loaded)
         return self._score(feat, scale, boxes, self._finish_objects(loaded, started, maps).boxes)
 
-    def crop(self, image, ratios: str | Sequence[str] | None = None, objects=None) -> list[Crop]:
-        """Best crop per ratio (one result per ratio, in order); one "W:H" string is one ratio;
-        ratios=None: the best free-ratio crop. The caller's image is never modified."""
-        return self.analyse(image, ratios, objects).crops
+    def crop(self, image, ratios: str | Sequence[str] | None = None, objects=None, keep=None, focus=None) -> list[Crop]:
+        """Best crop per ratio (one result per distinct ratio, in order of first mention; one "W:H"
+        string is one ratio; ratios=None: the best free-ratio crop). ``keep``: boxes [K, 4] x1,y1,x2,y2
+        in the photo's pixels to keep whole whenever a crop can (ranked above faces); ``focus``: a
+        point (x, y) every crop must contain. The caller's image is never modified."""
+        return self.analyse(image, ratios, objects, keep=keep, focus=focus).crops
 
-    def crop_batch(self, images: Sequence, ratios: Sequence[str] | None = None, objects=None) -> list[list[Crop]]:
+    def crop_batch(self, images: Sequence, ratios: Sequence[str] | None = None, objects=None,
+                   keep: Sequence | None = None, focus: Sequence | None = None) -> list[list[Crop]]:
         """One backbone pass per image serves every ratio; each image's result list follows ``ratios``.
+        ``objects``, ``keep`` and ``focus``, when given, hold one entry (or None) per image.
 
         With ``backbone_batch`` > 1 (the default on CUDA) up to that many photos of the same input size
         share one backbone call; otherwise photos are pipelined: while one photo's backbone and scoring
-        run, the worker thread runs the next photo's image-only proposer stage. Raises on the first
+        run, the worker thread runs the next photo's image-only stage (faces). Raises on the first
         unreadable image; callers that must not lose the rest (the pipeline, the service) call
         ``crop`` per image or catch ``ImageLoadError`` themselves.
         """
-        per_image = [None] * len(images) if objects is None else list(objects)
-        return [a.crops for a in self._analyses(images, ratios, per_image)]
+        per_image = lambda v: [None] * len(images) if v is None else list(v)  # noqa: E731
+        given = [per_image(v) for v in (objects, keep, focus)]
+        for name, v in zip(("objects", "keep", "focus"), given):
+            if len(v) != len(images):
+                raise ValueError(f"{name} holds {len(v)} entries for {len(images)} images")
+        return [a.crops for a in self._analyses(images, ratios, *given)]
 
-    def analyse(self, image, ratios: Sequence[str] | None = None, objects=None) -> Analysis:
+    def analyse(self, image, ratios: Sequence[str] | None = None, objects=None, keep=None, focus=None) -> Analysis:
         """Everything behind a crop decision: candidates and their scores per ratio, the object nodes."""
-        return next(self._analyses([image], ratios, [objects]))
+        return next(self._analyses([image], ratios, [objects], [keep], [focus]))
 
-    def _analyses(self, images: Sequence, ratios: Sequence[str] | None, objects: list) -> Iterator[Analysis]:
+    def _analyses(self, images: Sequence, ratios: Sequence[str] | None, objects: list, keeps: list,
+                  focuses: list) -> Iterator[Analysis]:
         keys = [None] if ratios is None else [ratios] if isinstance(ratios, str) else list(ratios)
-        keys = [None if r is None else canonical_ratio(r) for r in keys]  # Crop.ratio: '8:6' -> '4:3'
+        keys = list(dict.fromkeys(None if r is None else canonical_ratio(r) for r in keys))  # '8:6' -> '4:3', once each
         if not keys:
             raise ValueError("ratios is empty: give one or more 'W:H' strings, or None for a free-ratio crop")
 
-        def begin(i: int) -> tuple[LoadedImage, bool, list[np.ndarray], PendingObjects]:
-            loaded, mirrored = self._oriented(self._load(images[i]))
-            w, h = loaded.original_size
+        def begin(i: int):
+            detail, mirrored = self._oriented(self._load(images[i]))
+            w, h = detail.original_size
+            regions = caller_regions((w, h), keeps[i], focuses[i])
             per_ratio = [candidates(w, h, r, self.grid) for r in keys]  # bad ratios fail before any model work
             given = objects[i]
-            if mirrored and given is not None:
-                given = hflip_boxes(finite_boxes(given, "objects"), w)
-            return loaded, mirrored, per_ratio, self._start_objects(loaded, given)
+            if mirrored:
+                given = None if given is None else hflip_boxes(finite_boxes(given, "objects"), w)
+                regions = regions.mirrored(w)
+            loaded = for_model(detail, self.short_side)
+            return loaded, mirrored, per_ratio, regions, self._start_objects(detail, loaded, given)
 
-        def finish(loaded: LoadedImage, mirrored: bool, per_ratio: list[np.ndarray], started: PendingObjects,
-                   feat: torch.Tensor, maps: BackboneMaps, scale: np.ndarray) -> Analysis:
-            objs, kinds, saliency = self._finish_objects(loaded, started, maps)
+        def finish(loaded: LoadedImage, mirrored: bool, per_ratio: list[np.ndarray], regions: Regions,
+                   started: PendingObjects, feat: torch.Tensor, maps: BackboneMaps, scale: np.ndarray) -> Analysis:
+            found = self._finish_objects(loaded, started, maps)
             w, h = loaded.original_size
-            anchors = subject_anchors(objs, kinds, self.protected_objects)
+            subjects = Subjects.of(found, (w, h), self.protected_objects)
+            anchors = np.concatenate([regions.anchors, subjects.anchors()])
             per_ratio = [unique_rows(np.concatenate([b, anchored_free_candidates(w, h, anchors, self.grid) if r is None
                                                      else anchored_candidates(w, h, r, anchors, self.grid)]))
                          for r, b in zip(keys, per_ratio)]
             boxes, cuts = np.concatenate(per_ratio), np.cumsum([len(b) for b in per_ratio])[:-1]
-            per_scores = np.split(self._score(feat, scale, boxes, objs), cuts)
+            per_scores = np.split(self._score(feat, scale, boxes, found.boxes), cuts)
             # one integral image of the map serves every ratio's candidates
+            saliency = found.saliency
             masses = [None] * len(keys) if saliency is None else np.split(mass_kept(boxes, saliency, (w, h)), cuts)
-            crops = [self._choose(r, b, sc, objs, kinds, m) for r, b, sc, m in zip(keys, per_ratio, per_scores, masses)]
-            analysis = Analysis(loaded.original_size, crops, dict(zip(keys, per_ratio)), dict(zip(keys, per_scores)), objs, kinds)
+            crops = self._choose(keys, per_ratio, per_scores, masses, subjects, regions, saliency)
+            analysis = Analysis(loaded.original_size, crops, dict(zip(keys, per_ratio)), dict(zip(keys, per_scores)),
+                                found.boxes, found.kinds, regions)
             return analysis.mirrored() if mirrored else analysis
 
         if self.backbone_batch > 1 and len(images) > 1:
@@ -326,42 +367,19 @@ class Cropper:
             begun = upcoming
             feat, maps, scale = self._features(begun[0])
             if i + 1 < len(images):
-                upcoming = begin(i + 1)  # queues the next photo's faces behind this one's
+                upcoming = begin(i + 1)  # queues the next photo's image-only stage behind this one's
             yield finish(*begun, feat, maps, scale)
 
-    def _choose(self, ratio: str | None, boxes: np.ndarray, s: np.ndarray, objs: np.ndarray,
-                kinds: tuple[str, ...] | None = None, mass: np.ndarray | None = None) -> Crop:
-        """The explicit choice, in three steps:
-
-        1. Faces: among the candidates that keep the most faces whole (counting only faces some
-           candidate keeps whole), so a face is never cut or dropped when another crop keeps it.
-        2. Other protected objects (the first ``protected_objects`` people, objects and salient
-           regions): within ``integrity_margin`` of the best score left, the fewest lost (cut or
-           dropped, counting only objects some remaining candidate keeps whole).
-        3. Among those, the best of score + ``saliency_weight`` x the share of the saliency mass kept
-           (``mass``, when the proposer has a saliency map).
-        """
-        kinds = kinds if kinds is not None else (OBJECT,) * len(objs)
-        kept = kept_share(boxes, objs)  # [N, M]
-        whole = kept >= KEEP_WHOLE
-        faces = [m for m, k in enumerate(kinds) if k == FACE]
-        first_others = [m for m, k in enumerate(kinds) if k != FACE][: self.protected_objects]
-        face_idx = [m for m in faces if whole[:, m].any()]
-        faces_kept = whole[:, face_idx].sum(1)
-        eligible = faces_kept == faces_kept.max(initial=0)
-        others = [m for m in first_others if whole[eligible, m].any()]
-        near = eligible & (s >= s[eligible].max() - self.integrity_margin)
-        lost = (~whole[:, others]).sum(1)
-        chosen = near & (lost == lost[near].min())  # near always holds the best eligible candidate
-        total = s if mass is None else s + self.saliency_weight * mass
-        j = int(np.argmax(np.where(chosen, total, -np.inf)))
-        protected = faces + first_others
-        as_box = lambda m: tuple(int(round(v)) for v in objs[m])  # noqa: E731
-        cut = [as_box(m) for m in protected if DROPPED < kept[j, m] < KEEP_WHOLE]
-        dropped = [as_box(m) for m in protected if kept[j, m] <= DROPPED]
-        return Crop(ratio=ratio, box=tuple(int(v) for v in boxes[j]), score=float(s[j]), cut_objects=cut,
-                    dropped_objects=dropped, kept_faces=int(faces_kept[j]), faces=len(face_idx),
-                    saliency_kept=None if mass is None else round(float(mass[j]), 4))
+    def _choose(self, ratios: list[str | None], per_ratio: list[np.ndarray], per_scores: list[np.ndarray],
+                masses: list[np.ndarray | None], subjects: Subjects, regions: Regions,
+                saliency: np.ndarray | None) -> list[Crop]:
+        """The policy's choice per ratio (``s2cnet.choice``), each crop carrying the photo's focal point
+        and safe box."""
+        size = (int(per_ratio[0][:, 2].max(initial=1)), int(per_ratio[0][:, 3].max(initial=1)))
+        point, safe = focal_point_and_safe_box(size, subjects, regions, saliency)
+        policy = self.policy
+        return [replace(policy.choose(r, b, sc, subjects, m, regions), focal_point=point, safe_box=safe)
+                for r, b, sc, m in zip(ratios, per_ratio, per_scores, masses)]
 
 
 @dataclass
@@ -372,54 +390,16 @@ class Analysis:
     scores: dict  # ratio -> [N] scores
     objects: np.ndarray  # [M, 4] object nodes used
     object_kinds: tuple[str, ...] = ()  # per object: "face", "person", "object" or "salient"
+    regions: Regions = field(default_factory=Regions)  # the caller's keep boxes and focus point
 
     def mirrored(self) -> Analysis:
         """The same analysis of the mirrored photo: every box mirrored, scores and choices unchanged."""
         w = self.size[0]
         flip = lambda boxes: hflip_boxes(np.asarray(boxes).reshape(-1, 4), w)  # noqa: E731
         as_tuples = lambda boxes: [tuple(int(v) for v in b) for b in flip(np.array(boxes, np.int64))]  # noqa: E731
+        point = lambda p: None if p is None else (w - p[0], p[1])  # noqa: E731
         crops = [replace(c, box=as_tuples([c.box])[0], cut_objects=as_tuples(c.cut_objects),
-                         dropped_objects=as_tuples(c.dropped_objects)) for c in self.crops]
+                         dropped_objects=as_tuples(c.dropped_objects), focal_point=point(c.focal_point),
+                         safe_box=None if c.safe_box is None else as_tuples([c.safe_box])[0]) for c in self.crops]
         return Analysis(self.size, crops, {r: flip(b) for r, b in self.candidates.items()}, self.scores,
-                        flip(self.objects), self.object_kinds)
-
-
-KEEP_WHOLE, DROPPED = 0.9, 0.1  # an object is kept whole at >= 90% inside the crop, dropped at <= 10%
-
-
-def mass_kept(crops: np.ndarray, saliency: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """[N] share of the saliency map's mass inside each crop (boxes in pixels of a ``size`` photo; the
-    map covers the whole photo at its own resolution), from an integral image of the map at 4x, the
-    resolution the proposer reads its salient regions at."""
-    up = upsampled(saliency).astype(np.float64)
-    total = up.sum()
-    if len(crops) == 0 or total <= 0:
-        return np.ones(len(crops))
-    ii = np.pad(up.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
-    h, w = up.shape
-    c = np.asarray(crops, np.float64)
-    x1, x2 = (np.clip(np.round(c[:, k] * w / size[0]), 0, w).astype(int) for k in (0, 2))
-    y1, y2 = (np.clip(np.round(c[:, k] * h / size[1]), 0, h).astype(int) for k in (1, 3))
-    return (ii[y2, x2] - ii[y1, x2] - ii[y2, x1] + ii[y1, x1]) / total
-
-
-def kept_share(crops: np.ndarray, objects: np.ndarray) -> np.ndarray:
-    """[N, M] share of object m's box inside crop n."""
-    if len(objects) == 0:
-        return np.zeros((len(crops), 0))
-    c, o = np.asarray(crops, np.float64)[:, None], np.asarray(objects, np.float64)[None]
-    iw = (np.minimum(c[..., 2], o[..., 2]) - np.maximum(c[..., 0], o[..., 0])).clip(min=0)
-    ih = (np.minimum(c[..., 3], o[..., 3]) - np.maximum(c[..., 1], o[..., 1])).clip(min=0)
-    return iw * ih / ((o[..., 2] - o[..., 0]) * (o[..., 3] - o[..., 1])).clip(min=1e-6)
-
-
-def subject_anchors(objs: np.ndarray, kinds: tuple[str, ...], protected: int) -> np.ndarray:
-    """At most three boxes to centre extra candidates on (each costs one candidate per scale and
-    ratio): the faces (their union), the first other protected box, and the union of all of them."""
-    faces = objs[[k == FACE for k in kinds]] if len(objs) else objs
-    others = objs[[k != FACE for k in kinds]][:protected] if len(objs) else objs
-    union = lambda b: np.concatenate([b[:, :2].min(0), b[:, 2:].max(0)])[None]  # noqa: E731
-    out = [union(faces)] if len(faces) else []
-    if len(others):
-        out += [others[:1], union(np.concatenate([faces, others]))]
-    return np.concatenate(out).reshape(-1, 4) if out else np.zeros((0, 4), np.float32)
+                        flip(self.objects), self.object_kinds, self.regions.mirrored(w))

@@ -75,6 +75,9 @@ class LoadedImage:
     image: Image.Image  # upright RGB; smaller than original_size after draft/reduce
     original_size: tuple[int, int]  # (width, height) of the upright full-size image
     format: str | None = None  # "JPEG", "PNG", ... (None for in-memory inputs)
+    # The faces the image-only stage found (``s2cnet.image_stage``), boxes in upright full-size pixels
+    # and scores, when it ran already (the pipeline's CPU tasks, the service's request path).
+    faces: tuple[np.ndarray, np.ndarray] | None = None
 
     @property
     def scale(self) -> tuple[float, float]:
@@ -97,40 +100,43 @@ def load_image(src: ImageSource, max_pixels: int | None = DEFAULT_MAX_PIXELS) ->
 
 
 def open_image(src: ImageSource, target_short_side: int | None = None,
-               max_pixels: int | None = DEFAULT_MAX_PIXELS) -> LoadedImage:
+               max_pixels: int | None = DEFAULT_MAX_PIXELS, target_long_side: int | None = None) -> LoadedImage:
     """Decode ``src`` (path, bytes, binary file, PIL image or uint8 array) to an upright RGB image.
 
     target_short_side: decode no larger than needed for a short side of at least this many pixels
     (JPEG draft mode, then integer box reduction), which saves most of the decoding time and memory
     of large photos; ``original_size`` still reports the full upright size.
+    target_long_side: also keep at least this many pixels on the long side (a face detector's input).
     max_pixels: images whose header claims more pixels are refused before any pixel is decoded
     (None: no limit of ours; Pillow's own ``Image.MAX_IMAGE_PIXELS`` guard still applies).
     """
-    if target_short_side is not None and target_short_side < 1:
-        raise ValueError(f"target_short_side must be positive, got {target_short_side}")
+    for name, side in (("target_short_side", target_short_side), ("target_long_side", target_long_side)):
+        if side is not None and side < 1:
+            raise ValueError(f"{name} must be positive, got {side}")
+    target = None if target_short_side is None else (target_short_side, target_long_side or 1)
     if isinstance(src, Image.Image):
         # An image still backed by a file (lazy Image.open) is not decoded yet: guard it too, and
         # decode a fresh handle on its file, since draft mode would shrink the caller's own image.
         lazy = getattr(src, "fp", None) is not None
         if lazy and isinstance(getattr(src, "filename", None), str) and src.filename:
             try:
-                fresh = _open_path(Path(src.filename), target_short_side, max_pixels)
+                fresh = _open_path(Path(src.filename), target, max_pixels)
                 if fresh.original_size in (src.size, src.size[::-1]):
                     return fresh
             except ImageLoadError:
                 pass
             # the file went away or changed since it was opened: decode the caller's handle, no draft
         limit = max_pixels if lazy else None
-        return _decode(src, target_short_side, limit, getattr(src, "filename", None) or None, owned=False)
+        return _decode(src, target, limit, getattr(src, "filename", None) or None, owned=False)
     if isinstance(src, np.ndarray):
-        return _decode(_from_array(src), target_short_side, None, None, owned=True)
+        return _decode(_from_array(src), target, None, None, owned=True)
     if isinstance(src, (bytes, bytearray, memoryview)):
         data = bytes(src)
         if not data:
             raise ImageLoadError("empty input (0 bytes)", kind=ErrorKind.EMPTY)
-        return _open_and_decode(io.BytesIO(data), data[:64], target_short_side, max_pixels, source=None)
+        return _open_and_decode(io.BytesIO(data), data[:64], target, max_pixels, source=None)
     if isinstance(src, (str, os.PathLike)):
-        return _open_path(Path(src), target_short_side, max_pixels)
+        return _open_path(Path(src), target, max_pixels)
     if hasattr(src, "read"):
         fp = src if _seekable(src) else io.BytesIO(src.read())
         start = fp.tell()
@@ -138,7 +144,7 @@ def open_image(src: ImageSource, target_short_side: int | None = None,
         fp.seek(start)
         if not head:
             raise ImageLoadError("empty input (0 bytes)", getattr(src, "name", None), ErrorKind.EMPTY)
-        return _open_and_decode(fp, head, target_short_side, max_pixels, source=_name(src))
+        return _open_and_decode(fp, head, target, max_pixels, source=_name(src))
     raise ImageLoadError(f"cannot read an image from a {type(src).__name__}; "
                          "pass a path, bytes, a binary file, a PIL image or a uint8 array", kind=ErrorKind.BAD_ARGUMENT)
 
@@ -156,7 +162,11 @@ def _seekable(fp) -> bool:
         return False
 
 
-def _open_path(path: Path, target_short_side: int | None, max_pixels: int | None) -> LoadedImage:
+# target: (short side, long side) to keep at least when decoding at reduced size, or None for full size
+Target = tuple[int, int] | None
+
+
+def _open_path(path: Path, target: Target, max_pixels: int | None) -> LoadedImage:
     source = str(path)
     try:
         size = path.stat().st_size
@@ -167,7 +177,7 @@ def _open_path(path: Path, target_short_side: int | None, max_pixels: int | None
                 raise ImageLoadError("empty file (0 bytes)", source, ErrorKind.EMPTY)
             head = f.read(64)
             f.seek(0)
-            return _open_and_decode(f, head, target_short_side, max_pixels, source)
+            return _open_and_decode(f, head, target, max_pixels, source)
     except FileNotFoundError:
         raise ImageLoadError("no such file", source, ErrorKind.UNREADABLE) from None
     except PermissionError:
@@ -180,7 +190,7 @@ def _open_path(path: Path, target_short_side: int | None, max_pixels: int | None
         raise ImageLoadError(f"cannot read the file ({e.strerror or e})", source, ErrorKind.UNREADABLE) from None
 
 
-def _open_and_decode(fp: IO[bytes], head: bytes, target_short_side: int | None, max_pixels: int | None,
+def _open_and_decode(fp: IO[bytes], head: bytes, target: Target, max_pixels: int | None,
                      source: str | None) -> LoadedImage:
     try:
         with warnings.catch_warnings():
@@ -197,7 +207,7 @@ def _open_and_decode(fp: IO[bytes], head: bytes, target_short_side: int | None, 
             kind, reason = ErrorKind.CORRUPT, f"corrupt image header ({type(e).__name__}: {e})"
         raise ImageLoadError(reason, source, kind) from None
     with img:  # closes the file only; the decoded pixels stay usable
-        return _decode(img, target_short_side, max_pixels, source, owned=True)
+        return _decode(img, target, max_pixels, source, owned=True)
 
 
 def _bomb_reason(e: Exception) -> str:
@@ -257,7 +267,7 @@ def _looks_like_text(head: bytes) -> bool:
 
 
 # -- decoding ---------------------------------------------------------------------------------------
-def _decode(img: Image.Image, target_short_side: int | None, max_pixels: int | None,
+def _decode(img: Image.Image, target: Target, max_pixels: int | None,
             source: str | None, owned: bool) -> LoadedImage:
     """owned: ``img`` was opened here (its metadata may be rewritten; closing it keeps the pixels)."""
     fmt = img.format
@@ -270,8 +280,8 @@ def _decode(img: Image.Image, target_short_side: int | None, max_pixels: int | N
         if max_pixels is not None and width * height > max_pixels:
             raise ImageLoadError(f"{width}x{height} is {width * height / 1e6:.1f} megapixels, over the "
                                  f"limit of {max_pixels / 1e6:.1f} (max_pixels)", source, ErrorKind.TOO_LARGE)
-        if target_short_side is not None and owned:  # draft mode rewrites the image it is applied to
-            k = target_short_side / min(width, height)
+        if target is not None and owned:  # draft mode rewrites the image it is applied to
+            k = max(target[0] / min(width, height), target[1] / max(width, height))
             if k < 0.5:  # JPEG draft scales by 1/2, 1/4 or 1/8, never below the request; others ignore it
                 img.draft(None, (max(1, int(np.ceil(width * k))), max(1, int(np.ceil(height * k)))))
         img.load()
@@ -291,15 +301,20 @@ def _decode(img: Image.Image, target_short_side: int | None, max_pixels: int | N
         rgb = _to_rgb(upright)
     except Exception as e:
         raise ImageLoadError(f"cannot convert a {img.mode} image to RGB ({e})", source) from None
-    if target_short_side is not None:
-        factor = min(rgb.size) // target_short_side
-        if factor >= 2:
-            rgb = rgb.reduce(factor)
+    if target is not None:
+        rgb = reduced(rgb, *target)
     if rgb is img and not owned:  # the caller's image is upright RGB already: hand it back untouched
         return LoadedImage(rgb, original_size, fmt)
     # Orientation is applied and other metadata is stale; keep only an RGB colour profile.
     rgb.info = {"icc_profile": icc} if isinstance(icc, bytes) and icc[16:20] == b"RGB " else {}
     return LoadedImage(rgb, original_size, fmt)
+
+
+def reduced(image: Image.Image, short_side: int, long_side: int = 1) -> Image.Image:
+    """``image`` shrunk by the largest integer box factor that keeps both sides at least as given; the
+    same call on its result changes nothing, so every entry point reaches the same pixels."""
+    factor = min(min(image.size) // short_side, max(image.size) // max(long_side, 1))
+    return image.reduce(factor) if factor >= 2 else image
 
 
 def _decode_reason(e: Exception, fmt: str | None) -> str:

@@ -4,7 +4,8 @@ GAICD ships boxes from a Visual Genome detector; uploads do not. We propose them
 scorer's own backbone: faces, people and main objects (``s2cnet.subject``, distilled from YuNet and
 DeepLabV3) and the DUTS-trained saliency map (connected regions at several thresholds, plus the
 whole salient extent), then keep the top N after NMS, faces first. OpenCV's Haar face cascade
-remains for models without subject heads. Users who have detector weights can plug in
+remains for models without subject heads. A dedicated face detector (``s2cnet.faces``), when the
+Cropper has one, replaces the faces proposed here. Users who have detector weights can plug in
 torchvision's Faster R-CNN instead (``DetectorProposer``).
 """
 
@@ -23,6 +24,7 @@ from scipy import ndimage
 from torchvision.ops import nms
 
 from s2cnet.backbone import BackboneMaps
+from s2cnet.faces import HaarCascade
 from s2cnet.saliency import SALIENCY_WEIGHTS, SaliencyHead, SaliencyNet, load_saliency, load_saliency_head
 from s2cnet.subject import FACE_TIERS, STRIDE, SubjectHeads, load_subject_heads, mask_regions, subjects
 from s2cnet.transforms import model_input
@@ -63,6 +65,8 @@ class Proposals(NamedTuple):
     # The saliency probabilities over the whole photo ([h, w], any resolution) when the proposer has
     # them: the crop choice prefers, within its margin, the crop that keeps more of their mass.
     saliency: np.ndarray | None = None
+    # per box, the detector's confidence in 0..1 (faces are ranked by area x confidence); None: all 1
+    confidence: np.ndarray | None = None
 
 
 class ImageProposer:
@@ -89,36 +93,6 @@ def as_proposer(proposer: Proposer | Callable[[Image.Image], np.ndarray] | None)
     return ImageProposer(proposer)
 
 
-class FaceDetector:
-    """OpenCV's Haar frontal-face cascade (shipped inside opencv-python-headless 4.x).
-
-    Runs at ``max_side`` px and looks for faces of at least ``min_face`` px there (7.5% of the long
-    side by default). The cascade's cost is mostly its finest pyramid levels: on 1,618 GAICD/DUTS
-    photos, 30 px instead of 20-24 px cut its time by ~27% and kept 98% of the faces spanning >= 10%
-    of the long side (92% of all faces the finer search found).
-    """
-
-    def __init__(self, max_side: int = 400, min_face: int = 30) -> None:
-        import cv2
-
-        self.cv2 = cv2
-        cv2.setNumThreads(1)  # one core: the Cropper runs faces beside the backbone, Ray gives actors one CPU
-        self.cascade = cv2.CascadeClassifier(str(Path(cv2.data.haarcascades) / "haarcascade_frontalface_default.xml"))
-        if self.cascade.empty():
-            raise RuntimeError("OpenCV's frontal-face cascade could not be loaded")
-        self.max_side, self.min_face = max_side, min_face
-
-    def __call__(self, image: Image.Image) -> np.ndarray:
-        s = min(1.0, self.max_side / max(image.size))
-        small = image.convert("L").resize((max(1, round(image.width * s)), max(1, round(image.height * s))))
-        faces = self.cascade.detectMultiScale(np.asarray(small), scaleFactor=1.15, minNeighbors=6,
-                                              minSize=(self.min_face, self.min_face))
-        if len(faces) == 0:
-            return np.zeros((0, 4), np.float32)
-        f = np.asarray(faces, np.float32)
-        return np.stack([f[:, 0], f[:, 1], f[:, 0] + f[:, 2], f[:, 1] + f[:, 3]], 1) / s
-
-
 class SaliencyProposer:
     """Top-N object boxes, in the order the crop choice protects them: faces, then people, then main
     objects, then salient regions.
@@ -131,7 +105,7 @@ class SaliencyProposer:
     """
 
     def __init__(self, net: SaliencyNet | SaliencyHead, max_objects: int = 10, short_side: int = 160,
-                 thresholds: tuple[float, ...] = (0.3, 0.5, 0.7), faces: FaceDetector | None = None,
+                 thresholds: tuple[float, ...] = (0.3, 0.5, 0.7), faces: HaarCascade | None = None,
                  subject: SubjectHeads | None = None, face_threshold: float = 0.4, sure_face: float = 0.6) -> None:
         if subject is not None and not isinstance(net, SaliencyHead):
             raise ValueError("subject heads read the scorer's backbone: pair them with a SaliencyHead")
@@ -153,7 +127,7 @@ class SaliencyProposer:
 
     def prepare(self, image: Image.Image) -> np.ndarray:
         """The image-only stage (Haar faces); safe to run on another thread."""
-        return self.faces(image) if self.faces is not None else np.zeros((0, 4), np.float32)
+        return self.faces(image)[0] if self.faces is not None else np.zeros((0, 4), np.float32)
 
     @torch.no_grad()
     def saliency_map(self, image: Image.Image, maps: BackboneMaps | None = None) -> np.ndarray:
@@ -283,11 +257,11 @@ def default_proposer(max_objects: int = 10, faces: bool = True, head_state: dict
     Haar cascade; without a saliency head, from the standalone DUTS saliency network."""
     if head_state is not None:
         subject = load_subject_heads(subject_state) if subject_state is not None and faces else None
-        detector = FaceDetector() if faces and subject is None else None
+        detector = HaarCascade() if faces and subject is None else None
         # the heads' own face thresholds, chosen on validation (files from before carry none)
         tiers = {k: subject_state[k] for k in FACE_TIERS if subject is not None and k in subject_state}
         return SaliencyProposer(load_saliency_head(head_state), max_objects=max_objects, faces=detector, subject=subject,
                                 **tiers)
     if not SALIENCY_WEIGHTS.exists():
         raise FileNotFoundError(f"no saliency weights at {SALIENCY_WEIGHTS}")
-    return SaliencyProposer(load_saliency(), max_objects=max_objects, faces=FaceDetector() if faces else None)
+    return SaliencyProposer(load_saliency(), max_objects=max_objects, faces=HaarCascade() if faces else None)

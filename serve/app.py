@@ -47,7 +47,8 @@ class CropDeployment:
     def __serve_build_asgi_app__(self):
         return build_app(self.service, self._crop)
 
-    async def _crop(self, image: bytes | Image.Image | LoadedImage, ratios: tuple[str, ...]) -> tuple[list[Crop], int]:
+    async def _crop(self, image: bytes | Image.Image | LoadedImage, ratios: tuple[str, ...],
+                    regions: dict | None = None) -> tuple[list[Crop], int]:
         # @serve.batch closes a batch batch_wait_timeout_s after its first item even while the model
         # is still busy with the previous one, which under load yields batches of ~1 queued behind
         # each other. Holding requests here until the model is free lets them all join one batch.
@@ -55,13 +56,14 @@ class CropDeployment:
             self._model_free = asyncio.Event()
             self._model_free.set()
         await self._model_free.wait()
-        result, batch_size = await self._crop_batch((image, ratios))
+        result, batch_size = await self._crop_batch((image, ratios, regions))
         if isinstance(result, Exception):
             raise result
         return result, batch_size
 
     @serve.batch(max_batch_size=Settings.max_batch_size, batch_wait_timeout_s=Settings.batch_wait_timeout_s)  # set per Settings
-    async def _crop_batch(self, items: list[tuple[bytes | Image.Image | LoadedImage, tuple[str, ...]]]) -> list[tuple[Any, int]]:
+    async def _crop_batch(self, items: list[tuple[bytes | Image.Image | LoadedImage, tuple[str, ...], dict | None]]
+                          ) -> list[tuple[Any, int]]:
         # The model runs in a thread so this replica keeps reading and decoding the next requests.
         self._model_free.clear()
         try:

@@ -27,14 +27,16 @@ from serve.service import CropService
 PAGE = Path(__file__).with_name("page.html")
 
 # (image bytes or PIL image, ratios) -> (crops, size of the model batch this request rode in)
-CropFn = Callable[[bytes | Image.Image | LoadedImage, tuple[str, ...]], Awaitable[tuple[list[Crop], int]]]
+# regions: the caller's {"keep": boxes, "focus": point}, or None
+CropFn = Callable[[bytes | Image.Image | LoadedImage, tuple[str, ...], dict | None], Awaitable[tuple[list[Crop], int]]]
 
 
 def direct_crop(service: CropService) -> CropFn:
     """No batching: each request calls the model on its own (tests and single-process use)."""
 
-    async def crop(image: bytes | Image.Image | LoadedImage, ratios: tuple[str, ...]) -> tuple[list[Crop], int]:
-        result = (await asyncio.to_thread(service.crop_many, [(image, ratios)]))[0]
+    async def crop(image: bytes | Image.Image | LoadedImage, ratios: tuple[str, ...],
+                   regions: dict | None = None) -> tuple[list[Crop], int]:
+        result = (await asyncio.to_thread(service.crop_many, [(image, ratios, regions)]))[0]
         if isinstance(result, Exception):
             raise result
         return result, 1
@@ -107,6 +109,10 @@ class CropOut(BaseModel):
 class CropsResponse(BaseModel):
     width: int
     height: int
+    focal_point: list[int] | None = Field(default=None, description="x, y: where any crop of the photo should be centred "
+                                                                      "(the caller's focus, else the most prominent face, ...)")
+    safe_box: list[int] | None = Field(default=None, description="x1, y1, x2, y2: the smallest box holding what must be kept "
+                                                                 "(keep boxes, focus, protected faces); null when nothing must")
     crops: list[CropOut]
     model_version: str
     timing_ms: dict[str, float]
@@ -161,9 +167,10 @@ def build_app(service: CropService, crop: CropFn | None = None) -> FastAPI:
             problems.append(f"{where}: {e.get('msg', 'invalid')}" if where else str(e.get("msg", "invalid")))
         return JSONResponse({"detail": "; ".join(problems) or "invalid request"}, status_code=422)
 
-    async def best_crops(src, size: tuple[int, int], ratios: Sequence[str]) -> tuple[list[Crop], int]:
+    async def best_crops(src, size: tuple[int, int], ratios: Sequence[str],
+                         regions: dict | None = None) -> tuple[list[Crop], int]:
         service.check_fits(size, ratios)
-        return await crop(src, tuple(ratios))
+        return await crop(src, tuple(ratios), regions)
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> dict:
@@ -177,17 +184,24 @@ def build_app(service: CropService, crop: CropFn | None = None) -> FastAPI:
               summary="The best crop per aspect ratio of an uploaded photo")
     async def crops(request: Request, ratios: str | None = Query(
             None, description="comma-separated 'W:H' ratios, 'free' for a free-ratio crop (default: the service's)",
-            examples=["1:1,16:9,free"])) -> JSONResponse:
+            examples=["1:1,16:9,free"]),
+            keep: list[str] = Query([], max_length=200, description="x1,y1,x2,y2 in the photo's pixels: kept whole whenever "
+                                    "a crop can, ranked above faces; repeatable (at most 16)"),
+            focus: str | None = Query(None, max_length=200, description="x,y in the photo's pixels: inside every crop"),
+    ) -> JSONResponse:
         t0 = time.perf_counter()
         wanted = service.parse_ratios(ratios)  # cheap checks before reading the body
+        if len(keep) > 16:
+            raise ServiceError(422, f"keep is given {len(keep)} times; at most 16 boxes are taken")
         body = await upload_bytes(request, await read_body(request, s.max_body_bytes, s.body_deadline_s))
         t1 = time.perf_counter()
-        # Validates (status + reason) and decodes in draft mode, no larger than the model needs;
-        # the cropper takes this decoded image as it is.
+        # Validates (status + reason) and runs the image-only stage (draft-mode decode, faces, model-size
+        # pixels); the cropper takes this image and its faces as they are.
         loaded = await asyncio.to_thread(service.decode, body)
         size = loaded.original_size
+        regions = service.parse_regions(keep, focus, size) if keep or focus is not None else None
         t2 = time.perf_counter()
-        found, batch = await best_crops(loaded, size, wanted)
+        found, batch = await best_crops(loaded, size, wanted, regions)
         t3 = time.perf_counter()
         timing = {"read": (t1 - t0) * 1e3, "decode": (t2 - t1) * 1e3, "crop": (t3 - t2) * 1e3, "total": (t3 - t0) * 1e3}
         return JSONResponse(service.crops_body(size, found, service.model_version, timing),

@@ -15,6 +15,7 @@ from typing import Any
 from PIL import Image
 
 from s2cnet.candidates import canonical_ratio, parse_ratio
+from s2cnet.choice import caller_regions
 from s2cnet.cropper import Crop, Cropper
 from s2cnet.imageio import ImageLoadError, LoadedImage, open_image
 from serve.errors import ServiceError, load_error
@@ -41,11 +42,12 @@ def load_cropper(settings: Settings) -> Cropper:
     if settings.weights == "random":
         proposer = None
         if settings.proposals:  # the real proposer when its weights exist, else the same net untrained
-            from s2cnet.proposals import SALIENCY_WEIGHTS, FaceDetector, SaliencyProposer, default_proposer
+            from s2cnet.faces import HaarCascade
+            from s2cnet.proposals import SALIENCY_WEIGHTS, SaliencyProposer, default_proposer
             from s2cnet.saliency import SaliencyNet
 
             proposer = (default_proposer() if SALIENCY_WEIGHTS.exists()
-                        else SaliencyProposer(SaliencyNet().eval(), faces=FaceDetector()))
+                        else SaliencyProposer(SaliencyNet().eval(), faces=HaarCascade()))
         return Cropper.untrained(proposer=proposer)
     return Cropper.from_pretrained(settings.weights or None, proposer="default" if settings.proposals else None)
 
@@ -111,15 +113,17 @@ class CropService:
     def decode(self, data: bytes, full_size: bool = False) -> LoadedImage:
         """Bytes -> upright RGB via the shared loader; 413 too big, 415 not an image, 422 corrupt.
 
-        full_size=False decodes only as large as the model needs (JPEG draft mode), which is all
-        that validating an upload takes; ``original_size`` is still the full upright size.
+        full_size=False runs the Cropper's image-only stage (``s2cnet.image_stage``): a decode only as
+        large as the face detector and the model need (JPEG draft mode), the faces, and model-size
+        pixels, which the Cropper then takes as they are; ``original_size`` is still the full upright size.
         """
         self.check_body_size(len(data))
         if not data:
             raise ServiceError(422, "empty body: send the image bytes (raw body or multipart form field)")
         try:
-            return open_image(data, target_short_side=None if full_size else self.cropper.short_side,
-                              max_pixels=self.settings.max_pixels)
+            if full_size:
+                return open_image(data, max_pixels=self.settings.max_pixels)
+            return self.cropper.image_stage(data, max_pixels=self.settings.max_pixels)
         except ImageLoadError as e:
             raise load_error(e) from None
 
@@ -133,41 +137,72 @@ class CropService:
                 raise ServiceError(422, f"a {w}x{h} image is too small for an exact {r} crop")
 
     # -- model ---------------------------------------------------------------------------------------
-    def crop_many(self, items: Sequence[tuple[Any, tuple[str, ...]]]) -> list[list[Crop] | Exception]:
-        """One result per (image, ratios) item, in order; an item's failure never fails the others.
+    def crop_many(self, items: Sequence[tuple]) -> list[list[Crop] | Exception]:
+        """One result per (image, ratios) or (image, ratios, regions) item, in order; an item's failure
+        never fails the others. ``regions`` is a dict with the caller's ``keep`` boxes and ``focus``.
 
-        An image is anything ``Cropper`` takes: upload bytes (it decodes them in draft mode) or a PIL image.
-
-        Items sharing a ratio list go through one ``Cropper.crop_batch`` call (the serve batch path).
+        An image is anything ``Cropper`` takes: upload bytes, a PIL image, or the LoadedImage ``decode``
+        made (its faces included). Items sharing a ratio list go through one ``Cropper.crop_batch`` call
+        (the serve batch path).
         """
         results: list[list[Crop] | Exception | None] = [None] * len(items)
         groups: dict[tuple[str, ...], list[int]] = {}
-        for i, (_, ratios) in enumerate(items):
-            groups.setdefault(tuple(ratios), []).append(i)
+        for i, item in enumerate(items):
+            groups.setdefault(tuple(item[1]), []).append(i)
+        regions = [(item[2] if len(item) > 2 and item[2] else {}) for item in items]
         for ratios, idx in groups.items():
             try:
-                out = self.cropper.crop_batch([items[i][0] for i in idx], list(ratios))
+                out = self.cropper.crop_batch([items[i][0] for i in idx], list(ratios),
+                                              keep=[regions[i].get("keep") for i in idx],
+                                              focus=[regions[i].get("focus") for i in idx])
                 for i, crops in zip(idx, out):
                     results[i] = crops
             except Exception:  # isolate the bad item: redo this group one by one
                 for i in idx:
-                    results[i] = self._crop_one(items[i][0], ratios)
+                    results[i] = self._crop_one(items[i][0], ratios, regions[i])
         return results  # type: ignore[return-value]
 
-    def _crop_one(self, image: Any, ratios: tuple[str, ...]) -> list[Crop] | Exception:
+    def _crop_one(self, image: Any, ratios: tuple[str, ...], regions: dict | None = None) -> list[Crop] | Exception:
+        regions = regions or {}
         try:
-            return self.cropper.crop(image, list(ratios))
+            return self.cropper.crop(image, list(ratios), keep=regions.get("keep"), focus=regions.get("focus"))
         except ImageLoadError as e:  # the header was fine (decode() passed), the pixels are not
             return load_error(e)
-        except ValueError as e:  # candidate errors are the input's fault too
+        except ValueError as e:  # candidate errors and the caller's regions are the input's fault too
             return ServiceError(422, str(e))
         except Exception as e:
             return e
 
     @staticmethod
+    def parse_regions(keep: Sequence[str], focus: str | None, size: tuple[int, int]) -> dict:
+        """``keep=x1,y1,x2,y2`` (repeatable) and ``focus=x,y`` query values -> the Cropper's arguments,
+        checked against the photo (422 with the reason: not numbers, outside the photo, too many)."""
+        def numbers(text: str, n: int, name: str) -> list[float]:
+            parts = text.split(",")
+            if len(text) > 200 or len(parts) != n:
+                raise ServiceError(422, f"{name} takes {n} comma-separated numbers, got {text[:60]!r}")
+            try:
+                return [float(p) for p in parts if p.strip() == p and p]
+            except ValueError:
+                raise ServiceError(422, f"{name} takes {n} comma-separated numbers, got {text[:60]!r}") from None
+
+        boxes = [numbers(k, 4, "keep") for k in keep]
+        point = numbers(focus, 2, "focus") if focus is not None else None
+        if any(len(b) != 4 for b in boxes) or (point is not None and len(point) != 2):
+            raise ServiceError(422, "keep and focus take plain numbers, without spaces")
+        try:
+            caller_regions(size, boxes or None, point)
+        except ValueError as e:
+            raise ServiceError(422, str(e)) from None
+        return {"keep": boxes or None, "focus": point}
+
+    @staticmethod
     def crops_body(size: tuple[int, int], crops: Sequence[Crop], model_version: str, timing_ms: dict) -> dict:
         w, h = size
+        first = crops[0] if crops else None
         return {"width": w, "height": h,
+                "focal_point": list(first.focal_point) if first and first.focal_point else None,
+                "safe_box": list(first.safe_box) if first and first.safe_box else None,
                 "crops": [{"ratio": c.ratio, "box": [int(v) for v in c.box], "score": round(float(c.score), 6),
                            "cut_objects": [[int(v) for v in b] for b in c.cut_objects],
                            "dropped_objects": [[int(v) for v in b] for b in c.dropped_objects],
