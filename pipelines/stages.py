@@ -107,12 +107,12 @@ def fetch_and_decode(batch: pa.Table, spec: WorkerSpec) -> pa.Table:
         return pa.Table.from_pylist(list(pool.map(lambda item: _fetch_one(item, spec), items)), schema=DECODED)
 
 
-def loaded_image(row: dict, faces: bool = True) -> LoadedImage:
-    """A DECODED row's photo as the Cropper's image-only stage would have returned it (``faces=False``:
+def loaded_image(row: dict, with_faces: bool = True) -> LoadedImage:
+    """A DECODED row's photo as the Cropper's image-only stage would have returned it (``with_faces=False``:
     without the faces, for a Cropper that has no face detector)."""
     image = Image.frombytes("RGB", (row["pixel_width"], row["pixel_height"]), row["pixels"])
     faces = None
-    if faces and row.get("faces") is not None:
+    if with_faces and row.get("faces") is not None:
         f = np.asarray(row["faces"], np.float32).reshape(-1, 5)
         faces = (f[:, :4].copy(), f[:, 4].copy())
     return LoadedImage(image, (row["width"], row["height"]), row["format"], faces)

@@ -18,7 +18,8 @@ from PIL import Image, ImageOps
 from scipy.stats import spearmanr
 
 from s2cnet.candidates import candidates, canonical_ratio
-from s2cnet.cropper import DEFAULT_WEIGHTS, Cropper, kept_share, native_bf16
+from s2cnet.choice import kept_share
+from s2cnet.cropper import DEFAULT_WEIGHTS, Cropper, native_bf16
 from s2cnet.imageio import ImageLoadError, open_image
 from s2cnet.model import S2CNet, S2CNetConfig
 from s2cnet.proposals import Proposals, SaliencyProposer
@@ -445,7 +446,7 @@ def test_a_mirrored_photo_gets_the_mirrored_crops_and_scores(cropper: Cropper, c
 
 
 def test_mass_kept_is_the_share_of_the_map_inside_each_box() -> None:
-    from s2cnet.cropper import mass_kept
+    from s2cnet.choice import mass_kept
 
     flat = np.ones((10, 20), np.float32)  # covers a 400 x 200 photo
     got = mass_kept(np.array([[0, 0, 400, 200], [0, 0, 200, 200], [100, 50, 300, 150]]), flat, (400, 200))

@@ -9,8 +9,9 @@ from PIL import Image
 
 from s2cnet.checkpoint import load_checkpoint
 from s2cnet.cropper import DEFAULT_WEIGHTS, Cropper
+from s2cnet.faces import HaarCascade
 from s2cnet.model import S2CNet, S2CNetConfig
-from s2cnet.proposals import SALIENCY_WEIGHTS, DetectorProposer, FaceDetector, SaliencyProposer, default_proposer, load_saliency
+from s2cnet.proposals import SALIENCY_WEIGHTS, DetectorProposer, SaliencyProposer, default_proposer, load_saliency
 from s2cnet.saliency import SaliencyHead, SaliencyNet
 from s2cnet.transforms import model_input
 
@@ -37,7 +38,7 @@ def test_boxes_from_map_finds_each_blob_in_image_pixels():
 
 
 def test_face_detector_finds_the_astronauts_face():
-    faces = FaceDetector()(astronaut())
+    faces, scores = HaarCascade()(astronaut())
     assert len(faces) >= 1
     x1, y1, x2, y2 = faces[0]
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
@@ -45,7 +46,7 @@ def test_face_detector_finds_the_astronauts_face():
 
 
 def test_face_detector_finds_nothing_in_a_flat_image():
-    assert FaceDetector()(Image.new("RGB", (300, 200), (120, 130, 140))).shape == (0, 4)
+    assert HaarCascade()(Image.new("RGB", (300, 200), (120, 130, 140)))[0].shape == (0, 4)
 
 
 @pytest.mark.skipif(not SALIENCY_WEIGHTS.exists(), reason="bundled saliency weights not present")
@@ -192,7 +193,7 @@ def test_from_pretrained_picks_the_shared_head_when_the_file_has_one(tmp_path):
     _checkpoint(tmp_path / "with_head.pt", with_head=True)
     cropper = Cropper.from_pretrained(tmp_path / "with_head.pt")
     assert isinstance(cropper.proposer, SaliencyProposer) and cropper.proposer.shares_backbone
-    assert isinstance(cropper.proposer.faces, FaceDetector)
+    assert isinstance(cropper.proposer.faces, HaarCascade)
     (c,) = cropper.crop(astronaut().resize((256, 256)), ["1:1"])
     assert len(c.box) == 4
     if not SALIENCY_WEIGHTS.exists():
