@@ -1,6 +1,6 @@
 """Ray Tune sweep over S2CNet's graph design and training knobs, ASHA-scheduled.
 
-    python tune/sweep.py --smoke                               # about 1 minute on 2 cores; synthetic data without GAICD
+    python tune/sweep.py --smoke                               # about 30 s on 2 cores; synthetic data without GAICD
     nice -n 19 python tune/sweep.py --samples 4 --init runs/saliency.pt
     nice -n 19 python tune/sweep.py --samples 4 --init runs/saliency.pt --resume   # after an interruption
     python tune/sweep.py --storage s3://bucket/sweeps --s3-endpoint http://127.0.0.1:8333
@@ -10,7 +10,7 @@ Acc10 on a validation split carved from GAICD *train* (never the test split) aft
 with ``last.pt`` as a Tune checkpoint, so ASHA can stop weak trials early and an interrupted
 sweep resumes every trial from its last finished epoch (``Tuner.restore``).
 
-``--smoke`` checks the whole machinery in about a minute: 3 trials of 2 epochs on 4 photos. Where
+``--smoke`` checks the whole machinery in about 30 s: 3 trials of 2 epochs on 4 photos. Where
 ``--data`` holds no GAICD (a fresh clone without ../shared/data) it trains on a small synthetic set in
 GAICD's format and says so. Without ``--storage`` its experiment (checkpoints, about 250 MB) lives in
 a temporary directory removed at the end; only the tables stay, in runs/tune/smoke/.
@@ -53,7 +53,7 @@ FULL = dict(epochs=3, limit=150, val_size=40, samples=4, concurrent=2, name="s2c
 SMOKE = dict(epochs=2, limit=4, val_size=3, samples=1, concurrent=2, name="smoke")
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "gaicd"
 DEFAULT_STORAGE = ROOT / "runs" / "tune"
-SMOKE_TIME = "about 1 minute"  # measured: `time python tune/sweep.py --smoke`, 2 cores (docstring and docs agree)
+SMOKE_TIME = "about 30 s"  # measured: `time python tune/sweep.py --smoke`, 2 cores (docstring and docs agree)
 SYNTHETIC_PHOTOS = 8  # enough for the smoke split: 4 training + 3 validation photos
 
 
@@ -117,7 +117,7 @@ def run_trial(config: dict) -> None:
 def drop_staging(grid) -> None:
     """Removes the checkpoint staging folders a trial could not remove itself (Tune stops a trial while
     its last report returns), each a copy of a checkpoint Tune already holds (~40 MB a trial); only
-    those on this machine, in Ray's session folder."""
+    those on this machine, in Ray's temporary folder (/tmp/ray)."""
     for r in grid:
         staging = (r.metrics or {}).get("staging")
         if staging and Path(staging).name == "checkpoint":
@@ -361,7 +361,7 @@ def base_config(args: argparse.Namespace) -> dict:
 
 
 def ensure_ray(args: argparse.Namespace) -> bool:
-    """Joins a running Ray (e.g. the test session's) or starts a local one; True if we started it."""
+    """Joins a running Ray (e.g. the one the tests share) or starts a local one; True if we started it."""
     import ray
 
     if ray.is_initialized():
