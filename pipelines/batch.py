@@ -29,7 +29,7 @@ from pipelines.config import JobConfig, ModelSpec
 from pipelines.photos import SCHEMA, TRANSIENT_KINDS
 from pipelines.progress import Counter, ProgressReporter
 from pipelines.stages import WORK, CropWorker, WorkerSpec, fetch_and_decode, finish
-from pipelines.storage import InputFile, Location, delete_tree, drop_keys, list_inputs, read_output, write_bytes
+from pipelines.storage import InputFile, Location, delete_tree, drop_keys, list_inputs, read_bytes, read_output, write_bytes
 from s2cnet.candidates import canonical_ratio
 
 
@@ -283,11 +283,43 @@ def file_metadata(model: ModelSpec, version: str, ratios: list[str], run_id: str
             "ugc_crop.run_id": run_id, "ugc_crop.model_card": json.dumps(model.card())}
 
 
-def work_blocks(work: list, rows_per_block: int) -> list[pa.Table]:
+def work_blocks(work: list, rows_per_block: int, regions: dict[str, str] | None = None) -> list[pa.Table]:
+    regions = regions or {}
     table = pa.table({"key": [f.key for f, _ in work], "path": [f.path for f, _ in work],
                       "size": [f.size for f, _ in work], "mtime_ns": [f.mtime_ns for f, _ in work],
-                      "ratios": [t for _, t in work]}, schema=WORK)
+                      "ratios": [t for _, t in work], "regions": [regions.get(f.key) for f, _ in work]}, schema=WORK)
     return [table.slice(i, rows_per_block) for i in range(0, len(table), rows_per_block)]
+
+
+def read_regions(cfg: JobConfig) -> dict[str, str]:
+    """The ``--regions`` file: key -> {"keep": boxes, "focus": point} as compact JSON. Its syntax is
+    checked here, before any Ray work (a StartupError names the line); whether the boxes fit their
+    photo is checked per photo (an error row with the reason)."""
+    if not cfg.regions:
+        return {}
+    loc = Location(cfg.regions, cfg.endpoint_url)
+    try:
+        text = read_bytes(loc.filesystem(), loc.root).decode("utf-8")
+    except Exception as e:
+        raise StartupError(f"--regions {cfg.regions}: cannot read it ({_one_line(e)})") from None
+    out: dict[str, str] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            key, keep, focus = item["key"], item.get("keep"), item.get("focus")
+            ok = isinstance(key, str) and set(item) <= {"key", "keep", "focus"}
+            numbers = lambda v, n: isinstance(v, list) and len(v) == n and all(isinstance(x, int | float) for x in v)  # noqa: E731
+            ok &= keep is None or (isinstance(keep, list) and all(numbers(b, 4) for b in keep))
+            ok &= focus is None or numbers(focus, 2)
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            raise StartupError(f"--regions {cfg.regions} line {n}: expected {{\"key\": str, \"keep\": [[x1, y1, x2, y2], ...], "
+                               f"\"focus\": [x, y]}}, got {line[:120]!r}")
+        out[key] = json.dumps({"keep": keep, "focus": focus})
+    return out
 
 
 def run(cfg: JobConfig) -> Summary:
@@ -299,6 +331,7 @@ def run(cfg: JobConfig) -> Summary:
 
     ratios = normalize_ratios(cfg.ratios)
     files = check_locations(cfg)
+    regions = read_regions(cfg)
     out = Location(cfg.output, cfg.endpoint_url)
     if cfg.overwrite:
         delete_tree(out)
@@ -326,10 +359,11 @@ def run(cfg: JobConfig) -> Summary:
             ctx.wait_for_min_actors_s = int(cfg.wait_for_actors_s)
         smallest, actors, gpus, in_actor = _resources(cfg)
         spec = WorkerSpec(job=cfg, run_id=run_id, progress=counter, torch_threads=max(1, int(cfg.cpus_per_actor)),
-                          use_gpu=gpus > 0, short_side=DEFAULT_SHORT_SIDE, in_actor=in_actor)
+                          use_gpu=gpus > 0, short_side=DEFAULT_SHORT_SIDE, in_actor=in_actor,
+                          faces=cfg.model.finds_faces())
         # Enough blocks that every actor gets several; at most block_photos photos per output file.
         per_block = max(1, min(cfg.block_photos, math.ceil(len(work) / (actors * 8))))
-        ds = ray.data.from_arrow(work_blocks(work, per_block))
+        ds = ray.data.from_arrow(work_blocks(work, per_block, regions))
         env = _env_to_forward(cfg, started_here)
         runtime_env = {"env_vars": env} if env else None
         # The I/O tasks reserve memory for a block's photo bytes and full-size decodes; asking for a

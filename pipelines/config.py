@@ -96,6 +96,9 @@ class JobConfig:
                                   "ahead of and after the model actors, so a GPU never waits on JPEG work), 'actors' "
                                   "(inside them: no object-store round trips), or 'auto' (tasks when the actors hold "
                                   "GPUs)", choices=("auto", "tasks", "actors"))
+    regions: str | None = _opt(None, "a JSON Lines file (local path or s3://) of what must stay per photo, one "
+                                     "object a line: {\"key\": KEY, \"keep\": [[x1, y1, x2, y2], ...], \"focus\": [x, y]} "
+                                     "(full-size pixels; docs/faces.md)")
     batch_size: int = _opt(8, "photos per crop_batch call")
     limit: int | None = _opt(None, "process at most N photos (of those not done yet)")
     resume: bool = _opt(False, "skip (photo, ratio) pairs already in --output; photos changed since, rows of "

@@ -119,29 +119,37 @@ def open_photo(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, target_short_s
         raise PhotoError(e.kind.value, f"{'too large' if e.kind is ErrorKind.TOO_LARGE else 'decode'}: {reason(e)}") from e
 
 
-def crop_safely(crop_batch: Callable, images: Sequence[Image.Image], ratios: Sequence[str]) -> list[list]:
+def crop_safely(crop_batch: Callable, images: Sequence[Image.Image], ratios: Sequence[str],
+                regions: Sequence[dict | None] | None = None) -> list[list]:
     """``crop_batch`` over ``images``; per image and ratio a Crop, or the reason (str) it failed.
+    ``regions``: per image the caller's ``keep`` boxes and ``focus`` (or None).
 
     The whole batch runs in one call when it can; only when that fails is it retried photo by
     photo, then ratio by ratio (e.g. a 1x300 strip has no exact 16:9 crop but does have a 1:1 one).
     """
     if not images:
         return []
+    given = [r or {} for r in (regions or [None] * len(images))]
+
+    def call(idx: list[int], rs: list[str]) -> list:
+        return crop_batch([images[i] for i in idx], list(rs), keep=[given[i].get("keep") for i in idx],
+                          focus=[given[i].get("focus") for i in idx])
+
     try:
-        return [list(r) for r in crop_batch(list(images), list(ratios))]
+        return [list(r) for r in call(list(range(len(images))), list(ratios))]
     except Exception:
         pass
     out: list[list] = []
-    for image in images:
+    for i in range(len(images)):
         try:
-            out.append(list(crop_batch([image], list(ratios))[0]))
+            out.append(list(call([i], list(ratios))[0]))
             continue
         except Exception:
             pass
         per_ratio: list = []
         for r in ratios:
             try:
-                per_ratio.append(crop_batch([image], [r])[0][0])
+                per_ratio.append(call([i], [r])[0][0])
             except Exception as e:
                 per_ratio.append(f"crop: {reason(e)}")
         out.append(per_ratio)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import collections
 import datetime
 import functools
+import json
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -41,7 +42,8 @@ from pipelines.storage import Location, read_bytes, write_bytes
 from s2cnet.imageio import LoadedImage
 
 WORK = pa.schema([("key", pa.string()), ("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()),
-                  ("ratios", pa.list_(pa.string()))])
+                  ("ratios", pa.list_(pa.string())),
+                  ("regions", pa.string())])  # the caller's {"keep": ..., "focus": ...} as JSON, or null
 # One row per photo after fetch_and_decode: the pixels the model reads (already reduced to what its
 # input size needs), the upright full size, and the file's bytes only when thumbnails are wanted.
 DECODED = pa.schema([*WORK, ("width", pa.int32()), ("height", pa.int32()), ("format", pa.string()),
@@ -153,7 +155,8 @@ class CropWorker:
                 by_ratios[tuple(p["ratios"])].append(i)
         for ratios, idx in by_ratios.items():
             images = [loaded_image(photos[i], self.cropper.face_detector is not None) for i in idx]
-            for i, image, crops in zip(idx, images, crop_safely(self.cropper.crop_batch, images, ratios)):
+            regions = [json.loads(photos[i]["regions"]) if photos[i].get("regions") else None for i in idx]
+            for i, image, crops in zip(idx, images, crop_safely(self.cropper.crop_batch, images, ratios, regions)):
                 key, size = photos[i]["key"], image.original_size
                 for r, c in zip(ratios, crops):
                     rows[i].append(error_row(key, "crop", c, self.version, size, ratio=r) if isinstance(c, str)

@@ -367,7 +367,9 @@ class Cropper:
             begun = upcoming
             feat, maps, scale = self._features(begun[0])
             if i + 1 < len(images):
-                upcoming = begin(i + 1)  # queues the next photo's image-only stage behind this one's
+                # the next photo's image-only stage (faces) queues behind this one's, after the backbone:
+                # started before it, it slowed the backbone more than it saved (docs/experiments.md)
+                upcoming = begin(i + 1)
             yield finish(*begun, feat, maps, scale)
 
     def _choose(self, ratios: list[str | None], per_ratio: list[np.ndarray], per_scores: list[np.ndarray],

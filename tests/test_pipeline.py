@@ -436,3 +436,30 @@ def test_checkout_script_run_from_another_folder_hands_its_workers_the_checkout(
     worker = subprocess.run([sys.executable, "-c", "import pipelines.batch"], cwd=tmp_path, env={**env, "PYTHONPATH": path},
                             capture_output=True, text=True, timeout=120)
     assert worker.returncode == 0, worker.stderr[-2000:]
+
+
+def test_regions_file_keeps_the_callers_boxes_and_refuses_what_does_not_fit(ray_session, model, tmp_path):
+    import json as _json
+
+    from pipelines.batch import StartupError, read_regions
+
+    src, out = tmp_path / "photos", tmp_path / "crops"
+    src.mkdir()
+    Image.new("RGB", (640, 320), (90, 120, 150)).save(src / "wide.jpg")
+    Image.new("RGB", (300, 300), (150, 120, 90)).save(src / "square.jpg")
+    regions = tmp_path / "regions.jsonl"
+    regions.write_text(_json.dumps({"key": "wide.jpg", "keep": [[560, 40, 630, 120]], "focus": [600, 80]}) + "\n"
+                       + _json.dumps({"key": "square.jpg", "keep": [[0, 0, 900, 10]]}) + "\n")
+    cfg = JobConfig(input=str(src), output=str(out), ratios=["1:1", "9:16"], model=model[0], actors=1, progress=False,
+                    regions=str(regions), max_error_rate=1.0)
+    summary = run(cfg)
+    assert summary.planned == 2 and summary.failed == 1
+    rows = {(r["key"], r["ratio"]): r for r in read_output(Location(str(out)), SCHEMA.names).to_pylist()}
+    for ratio in ("1:1", "9:16"):
+        r = rows[("wide.jpg", ratio)]
+        assert r["x1"] <= 560 and r["x2"] >= 630 and r["y1"] <= 40 and r["y2"] >= 120, r
+        assert (r["focal_x"], r["focal_y"]) == (600, 80) and r["error"] is None
+        assert "outside" in rows[("square.jpg", ratio)]["error"]
+    regions.write_text('{"key": "wide.jpg", "keep": [[1, 2, 3]]}\n')
+    with pytest.raises(StartupError, match="line 1"):
+        read_regions(cfg)
