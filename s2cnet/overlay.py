@@ -19,6 +19,7 @@ from s2cnet.cropper import Analysis, Crop
 _RAMP = np.array([[49, 54, 149], [116, 173, 209], [255, 255, 191], [244, 109, 67], [165, 0, 38]], np.float32)
 CROP_COLOURS = [(0, 230, 64), (255, 0, 255), (0, 200, 255), (255, 160, 0), (255, 255, 0), (160, 90, 255)]
 OBJECT_COLOUR, CUT_OBJECT_COLOUR = (255, 255, 255), (255, 40, 40)
+SAFE_BOX_COLOUR = (255, 230, 120)  # the photo's safe box and focal point (a cross)
 
 
 def _ramp_lut(levels: int = 256) -> np.ndarray:
@@ -115,6 +116,16 @@ def render_overlay(image: Image.Image, boxes: np.ndarray, scores: np.ndarray, ob
         terms += f"  cut {len(crop.cut_objects)}  dropped {len(crop.dropped_objects)}"
         terms += f"  salient {crop.saliency_kept:.0%}" if crop.saliency_kept is not None else ""
         _label(draw, (line + 2, line + 2 + i * text_h), f"{crop.ratio or 'free'}  score {crop.score:.3f}{terms}", colour, font)
+
+    if crops and crops[0].safe_box is not None:  # per photo: what every crop should hold, and where to centre
+        x1, y1, x2, y2 = np.asarray(crops[0].safe_box, np.float64) * scale
+        draw.rectangle((x1, y1, x2, y2), outline=SAFE_BOX_COLOUR, width=max(1, line // 2))
+        _label(draw, (x1 + line, y2 - text_h), "safe box", SAFE_BOX_COLOUR, font)
+    if crops and crops[0].focal_point is not None:
+        fx, fy = crops[0].focal_point[0] * sx, crops[0].focal_point[1] * sy
+        r = 3 * line
+        draw.line((fx - r, fy, fx + r, fy), fill=SAFE_BOX_COLOUR, width=line)
+        draw.line((fx, fy - r, fx, fy + r), fill=SAFE_BOX_COLOUR, width=line)
 
     if covered.any():  # legend: the ramp from the lowest to the highest per-pixel mean score
         bar_w, bar_h = max(32, size[0] // 4), max(6, size[1] // 60)

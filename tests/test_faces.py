@@ -201,3 +201,31 @@ def test_one_photo_gives_the_same_boxes_through_the_cli_api_service_and_pipeline
 
     assert api == api_path == cli_boxes == http == pipeline, (api, cli_boxes, http, pipeline)
     assert reply.json()["focal_point"] == list(shipped.crop(data, "1:1")[0].focal_point)
+
+
+@pytest.mark.parametrize("query, status, reason", [
+    ("keep=10,10,600,50", 422, "outside"), ("keep=1,2,3", 422, "4 comma-separated"), ("focus=nan,3", 422, "not finite"),
+    ("focus=10", 422, "2 comma-separated"), ("keep=" + "&keep=".join(["0,0,5,5"] * 17), 422, "at most 16"),
+    ("keep=20,30,120,200&focus=60,60", 200, ""),
+])
+def test_the_http_api_takes_keep_and_focus_and_refuses_bad_ones_with_a_reason(query, status, reason):
+    from fastapi.testclient import TestClient
+
+    from s2cnet.model import S2CNet
+    from serve.routes import build_app
+    from serve.service import CropService
+    from serve.settings import Settings
+
+    service = CropService(Settings.load({}, env={}), cropper=Cropper(S2CNet(), proposer=None))
+    buf = io.BytesIO()
+    Image.new("RGB", (400, 300), (90, 100, 110)).save(buf, "JPEG")
+    reply = TestClient(build_app(service)).post(f"/v1/crops?ratios=1:1,16:9&{query}", content=buf.getvalue())
+    assert reply.status_code == status, reply.text
+    if status == 200:
+        body = reply.json()
+        assert body["focal_point"] == [60, 60] and body["safe_box"] == [20, 30, 120, 200]
+        for c in body["crops"]:
+            x1, y1, x2, y2 = c["box"]
+            assert x1 <= 20 and y1 <= 30 and x2 >= 120 and y2 >= 200 and x1 <= 60 <= x2, c
+    else:
+        assert reason in reply.json()["detail"]
