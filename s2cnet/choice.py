@@ -30,6 +30,7 @@ import numpy as np
 from s2cnet.proposals import FACE, Proposals, upsampled
 
 KEEP_WHOLE, DROPPED = 0.9, 0.1  # an object is kept whole at >= 90% inside the crop, dropped at <= 10%
+KEEP_EXACT = 0.999  # a caller's keep box is exact: all of it, whenever a candidate can
 SALIENCY_WEIGHT = 2.0  # score units per share of the saliency mass kept, within the integrity margin (chosen on validation)
 FACE_SHARE = 0.3  # faces of at least this share of the most prominent face's area are protected after it
 MAX_KEEP_BOXES = 16  # caller's keep boxes per photo
@@ -199,9 +200,9 @@ class Policy:
             fx, fy = regions.focus
             inside = (boxes[:, 0] <= fx) & (fx <= boxes[:, 2]) & (boxes[:, 1] <= fy) & (fy <= boxes[:, 3])
             ok = inside if inside.any() else ok
-        for share in kept_share(boxes, regions.keep).T:  # the caller's boxes, in the order given
+        for share in kept_share(boxes, regions.keep).T:  # the caller's boxes, in the order given: all of each
             best = share[ok].max(initial=0)
-            ok &= share >= min(best, KEEP_WHOLE)
+            ok &= share >= min(best, KEEP_EXACT)
         face_kept = kept_share(boxes, subjects.faces)
         for share in face_kept.T:  # faces, most prominent first
             if (ok & (share >= KEEP_WHOLE)).any():
