@@ -162,7 +162,8 @@ def breakdown(images: list[bytes], args: dict, repeats: int = 20) -> dict:
         scores = c._score(feat, scale, np.concatenate(per_ratio), objs); t.append(time.perf_counter())
         parts = np.split(scores, np.cumsum([len(b) for b in per_ratio])[:-1])
         subjects = Subjects.of(found, loaded.original_size, c.protected_objects)
-        c._choose(ratios, per_ratio, parts, [None] * len(ratios), subjects, Regions(), None); t.append(time.perf_counter())
+        size, nomass = loaded.original_size, [None] * len(ratios)
+        c._choose(size, ratios, per_ratio, parts, nomass, subjects, Regions(), None); t.append(time.perf_counter())
         c.crop(svc.decode(data), ratios); t.append(time.perf_counter())
         n_cand, n_obj = sum(map(len, per_ratio)), len(objs)
         if i >= 2:  # warm-up

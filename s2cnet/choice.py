@@ -140,6 +140,12 @@ def mass_kept(crops: np.ndarray, saliency: np.ndarray, size: tuple[int, int]) ->
     return (ii[y2, x2] - ii[y1, x2] - ii[y2, x1] + ii[y1, x1]) / total
 
 
+def by_prominence(faces: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Indices of ``faces`` [F, 4] from the most prominent (area x detector confidence) down, ties in order."""
+    area = (faces[:, 2] - faces[:, 0]) * (faces[:, 3] - faces[:, 1])
+    return np.argsort(-(area * scores), kind="stable")
+
+
 def head_and_shoulders(face: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """The region a portrait keeps with a face: a face width either side, half a face above, one below."""
     x1, y1, x2, y2 = (float(v) for v in face)
@@ -161,10 +167,9 @@ class Subjects:
         kinds = found.kinds if found.kinds else ("object",) * len(boxes)
         conf = np.ones(len(boxes), np.float32) if found.confidence is None else np.asarray(found.confidence, np.float32)
         is_face = np.array([k == FACE for k in kinds], bool)
-        faces, fconf = boxes[is_face], conf[is_face]
+        order = by_prominence(boxes[is_face], conf[is_face])
+        faces = boxes[is_face][order]
         area = (faces[:, 2] - faces[:, 0]) * (faces[:, 3] - faces[:, 1])
-        order = np.argsort(-(area * fconf), kind="stable")
-        faces, area = faces[order], area[order]
         major = area >= face_share * area[0] if len(faces) else np.zeros(0, bool)
         rest = [b for b, k in zip(boxes, kinds) if k != FACE][:protected_objects]
         grown = [head_and_shoulders(faces[0], size)] if len(faces) else []

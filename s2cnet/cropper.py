@@ -21,7 +21,17 @@ from PIL import ImageOps
 from s2cnet.backbone import BackboneMaps
 from s2cnet.candidates import GridConfig, anchored_candidates, anchored_free_candidates, candidates, canonical_ratio, unique_rows
 from s2cnet.checkpoint import load_checkpoint, weights_version
-from s2cnet.choice import SALIENCY_WEIGHT, Crop, Policy, Regions, Subjects, caller_regions, focal_point_and_safe_box, mass_kept
+from s2cnet.choice import (
+    SALIENCY_WEIGHT,
+    Crop,
+    Policy,
+    Regions,
+    Subjects,
+    by_prominence,
+    caller_regions,
+    focal_point_and_safe_box,
+    mass_kept,
+)
 from s2cnet.faces import FaceBoxes, FaceDetectorFn, as_face_detector, default_face_detector
 from s2cnet.image_stage import decode, faces_in, for_model, image_stage
 from s2cnet.imageio import DEFAULT_MAX_PIXELS, LoadedImage
@@ -240,8 +250,7 @@ class Cropper:
         if pending.faces is None:
             return Proposals(boxes, kinds, saliency, conf)
         faces, scores = pending.faces.result() if isinstance(pending.faces, Future) else pending.faces
-        area = (faces[:, 2] - faces[:, 0]) * (faces[:, 3] - faces[:, 1])
-        order = np.argsort(-(area * scores), kind="stable")
+        order = by_prominence(faces, scores)
         rest = [i for i, k in enumerate(kinds) if k not in (FACE, POSSIBLE_FACE)]
         faces, scores = faces[order][:MAX_NODES], scores[order][:MAX_NODES]
         rest = rest[: MAX_NODES - len(faces)]
@@ -350,7 +359,7 @@ class Cropper:
             # one integral image of the map serves every ratio's candidates
             saliency = found.saliency
             masses = [None] * len(keys) if saliency is None else np.split(mass_kept(boxes, saliency, (w, h)), cuts)
-            crops = self._choose(keys, per_ratio, per_scores, masses, subjects, regions, saliency)
+            crops = self._choose((w, h), keys, per_ratio, per_scores, masses, subjects, regions, saliency)
             analysis = Analysis(loaded.original_size, crops, dict(zip(keys, per_ratio)), dict(zip(keys, per_scores)),
                                 found.boxes, found.kinds, regions)
             return analysis.mirrored() if mirrored else analysis
@@ -372,12 +381,11 @@ class Cropper:
                 upcoming = begin(i + 1)
             yield finish(*begun, feat, maps, scale)
 
-    def _choose(self, ratios: list[str | None], per_ratio: list[np.ndarray], per_scores: list[np.ndarray],
-                masses: list[np.ndarray | None], subjects: Subjects, regions: Regions,
+    def _choose(self, size: tuple[int, int], ratios: list[str | None], per_ratio: list[np.ndarray],
+                per_scores: list[np.ndarray], masses: list[np.ndarray | None], subjects: Subjects, regions: Regions,
                 saliency: np.ndarray | None) -> list[Crop]:
         """The policy's choice per ratio (``s2cnet.choice``), each crop carrying the photo's focal point
-        and safe box."""
-        size = (int(per_ratio[0][:, 2].max(initial=1)), int(per_ratio[0][:, 3].max(initial=1)))
+        and safe box (``size``: the full-size upright photo's)."""
         point, safe = focal_point_and_safe_box(size, subjects, regions, saliency)
         policy = self.policy
         return [replace(policy.choose(r, b, sc, subjects, m, regions), focal_point=point, safe_box=safe)
