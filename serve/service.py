@@ -181,15 +181,15 @@ class CropService:
             parts = text.split(",")
             if len(text) > 200 or len(parts) != n:
                 raise ServiceError(422, f"{name} takes {n} comma-separated numbers, got {text[:60]!r}")
+            if any(not p or p.strip() != p for p in parts):
+                raise ServiceError(422, "keep and focus take plain numbers, without spaces")
             try:
-                return [float(p) for p in parts if p.strip() == p and p]
+                return [float(p) for p in parts]
             except ValueError:
                 raise ServiceError(422, f"{name} takes {n} comma-separated numbers, got {text[:60]!r}") from None
 
         boxes = [numbers(k, 4, "keep") for k in keep]
         point = numbers(focus, 2, "focus") if focus is not None else None
-        if any(len(b) != 4 for b in boxes) or (point is not None and len(point) != 2):
-            raise ServiceError(422, "keep and focus take plain numbers, without spaces")
         try:
             caller_regions(size, boxes or None, point)
         except ValueError as e:
