@@ -14,8 +14,8 @@ from PIL import Image, ImageDraw
 
 from pipelines.photos import thumbnail_jpeg, thumbnail_path
 from pipelines.storage import Location, read_bytes, read_output
+from s2cnet.overlay import hex_colour, ratio_colour
 
-COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#bfef45"]
 COLUMNS = ["key", "width", "height", "ratio", "x1", "y1", "x2", "y2", "score", "model_version", "error"]
 
 
@@ -46,7 +46,7 @@ def write_contact_sheet(output: Location, source: Location, html_path: str | Pat
     for r in rows:
         by_key[r["key"]].append(r)
     ratios = sorted({r["ratio"] for r in rows if r["ratio"]}, key=lambda x: [r["ratio"] for r in rows].index(x))
-    colours = {r: COLOURS[i % len(COLOURS)] for i, r in enumerate(ratios)}
+    colours = {r: hex_colour(ratio_colour(r)) for r in ratios}  # the colours the overlay and the page use
     src_fs = source.filesystem()
     thumb_fs = thumbnails.filesystem() if thumbnails else None
     cards, errors = [], []

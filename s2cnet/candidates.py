@@ -9,6 +9,7 @@ multiples of the reduced W:H, so exact to the pixel) at several scales, slid ove
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from math import gcd
 
@@ -86,12 +87,32 @@ def _multiples(k_max: int, grid: GridConfig) -> list[int]:
     return sorted({int(round(k)) for k in np.linspace(k_max, k_min, grid.scales)}, reverse=True)
 
 
+def too_small(width: int, height: int, ratio: str | None) -> str | None:
+    """Why a ``width`` x ``height`` photo holds no exact crop of ``ratio`` (e.g. 16:9 in 12x12), else None."""
+    if ratio is None:  # a free-ratio crop fits any photo
+        return None
+    a, b = parse_ratio(ratio)
+    return f"a {width}x{height} photo is too small for an exact {ratio} crop" if width < a or height < b else None
+
+
+def split_fitting(width: int, height: int, ratios: Sequence[str | None]) -> tuple[list[str | None], list[dict]]:
+    """The one rule every entry point follows for a ratio the photo cannot hold: that ratio fails alone.
+    -> (the ratios it holds, one ``{"ratio", "detail"}`` per ratio it does not)."""
+    fits, errors = [], []
+    for r in ratios:
+        reason = too_small(width, height, r)
+        fits += [r] if reason is None else []
+        errors += [] if reason is None else [{"ratio": r, "detail": reason}]
+    return fits, errors
+
+
 def fixed_candidates(width: int, height: int, ratio: str, grid: GridConfig = GridConfig()) -> np.ndarray:
     """Crops of exactly ``ratio`` -> [N, 4] int x1,y1,x2,y2 inside the photo, largest first."""
+    reason = too_small(width, height, ratio)
+    if reason is not None:
+        raise ValueError(reason)
     a, b = parse_ratio(ratio)
     k_max = min(width // a, height // b)
-    if k_max < 1:
-        raise ValueError(f"a {width}x{height} photo is too small for an exact {ratio} crop")
     out = []
     for k in _multiples(k_max, grid):
         w, h = a * k, b * k

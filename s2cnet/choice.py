@@ -197,9 +197,9 @@ class Policy:
     integrity_margin: float = 0.1
     saliency_weight: float = SALIENCY_WEIGHT
 
-    def choose(self, ratio: str | None, boxes: np.ndarray, s: np.ndarray, subjects: Subjects,
-               mass: np.ndarray | None = None, regions: Regions = Regions()) -> Crop:
-        """The crop of ``ratio`` among ``boxes`` [N, 4] with learned scores ``s`` [N] (module docstring)."""
+    def admissible(self, boxes: np.ndarray, subjects: Subjects, regions: Regions = Regions()) -> np.ndarray:
+        """[N] bool: the candidates the choice may take at all, whatever their scores: holding the focus
+        point, the caller's boxes whole, then each face whole (or, where none can, left out cleanly)."""
         ok = np.ones(len(boxes), bool)
         if regions.focus is not None:
             fx, fy = regions.focus
@@ -208,12 +208,19 @@ class Policy:
         for share in kept_share(boxes, regions.keep).T:  # the caller's boxes, in the order given: all of each
             best = share[ok].max(initial=0)
             ok &= share >= min(best, KEEP_EXACT)
-        face_kept = kept_share(boxes, subjects.faces)
-        for share in face_kept.T:  # faces, most prominent first
+        for share in kept_share(boxes, subjects.faces).T:  # faces, most prominent first
             if (ok & (share >= KEEP_WHOLE)).any():
                 ok &= share >= KEEP_WHOLE
             elif (ok & (share <= DROPPED)).any():
                 ok &= share <= DROPPED  # left out cleanly, not sliced
+        return ok
+
+    def pick(self, boxes: np.ndarray, s: np.ndarray, subjects: Subjects, mass: np.ndarray | None = None,
+             regions: Regions = Regions()) -> int:
+        """The index of the chosen candidate among ``boxes`` [N, 4] with learned scores ``s`` [N]: the
+        admissible ones; of those within ``integrity_margin`` of the best score, the ones losing the
+        fewest other protected boxes; of those, the best score plus the saliency it keeps."""
+        ok = self.admissible(boxes, subjects, regions)
         other_kept = kept_share(boxes, subjects.others)
         judged = [m for m in range(other_kept.shape[1]) if (ok & (other_kept[:, m] >= KEEP_WHOLE)).any()]
         near = ok & (s >= s[ok].max() - self.integrity_margin)
@@ -221,7 +228,13 @@ class Policy:
         lost = 2 * ((o > DROPPED) & (o < KEEP_WHOLE)).sum(1) + (o <= DROPPED).sum(1)
         chosen = near & (lost == lost[near].min())  # near always holds the best remaining candidate
         total = s if mass is None else s + self.saliency_weight * mass
-        j = int(np.argmax(np.where(chosen, total, -np.inf)))
+        return int(np.argmax(np.where(chosen, total, -np.inf)))
+
+    def choose(self, ratio: str | None, boxes: np.ndarray, s: np.ndarray, subjects: Subjects,
+               mass: np.ndarray | None = None, regions: Regions = Regions()) -> Crop:
+        """The crop of ``ratio`` among ``boxes`` [N, 4] with learned scores ``s`` [N] (``pick``), with
+        what it cuts and drops of the protected boxes."""
+        j = self.pick(boxes, s, subjects, mass, regions)
         reported = subjects.others[1:] if len(subjects.faces) else subjects.others  # not the grown head region
         protected = np.concatenate([regions.keep, subjects.faces, reported])
         kept = kept_share(boxes[j : j + 1], protected)[0]
@@ -229,8 +242,8 @@ class Policy:
         return Crop(ratio=ratio, box=tuple(int(v) for v in boxes[j]), score=float(s[j]),
                     cut_objects=[as_box(b) for b, k in zip(protected, kept) if DROPPED < k < KEEP_WHOLE],
                     dropped_objects=[as_box(b) for b, k in zip(protected, kept) if k <= DROPPED],
-                    kept_faces=int((face_kept[j] >= KEEP_WHOLE).sum()), faces=len(subjects.faces),
-                    saliency_kept=None if mass is None else round(float(mass[j]), 4))
+                    kept_faces=int((kept_share(boxes[j : j + 1], subjects.faces)[0] >= KEEP_WHOLE).sum()),
+                    faces=len(subjects.faces), saliency_kept=None if mass is None else round(float(mass[j]), 4))
 
 
 def focal_point_and_safe_box(size: tuple[int, int], subjects: Subjects, regions: Regions,

@@ -139,14 +139,20 @@ def crop_one(cropper: Cropper, path: Path, args: argparse.Namespace, names: _Nam
 
     # the crop sees exactly what the API, the service and the pipeline see for these bytes; only the
     # written crops read the photo at full size
-    analysis = cropper.analyse(cropper.image_stage(path, max_pixels=args.max_pixels or None), args.ratio,
-                               keep=args.keep, focus=args.focus)
+    from s2cnet.candidates import split_fitting
+
+    loaded = cropper.image_stage(path, max_pixels=args.max_pixels or None)
+    asked = [None] if args.ratio is None else [args.ratio] if isinstance(args.ratio, str) else list(args.ratio)
+    fits, errors = split_fitting(*loaded.original_size, asked)  # a ratio the photo cannot hold fails alone
+    if not fits:
+        raise ValueError("; ".join(e["detail"] for e in errors))
+    analysis = cropper.analyse(loaded, fits, keep=args.keep, focus=args.focus)
     image = open_image(path, max_pixels=args.max_pixels or None).image if names is not None else None
     width, height = analysis.size
     first = analysis.crops[0]
     record = {"path": str(path), "width": width, "height": height, "model_version": cropper.model_version,
               "focal_point": list(first.focal_point) if first.focal_point else None,
-              "safe_box": list(first.safe_box) if first.safe_box else None, "crops": []}
+              "safe_box": list(first.safe_box) if first.safe_box else None, "crops": [], "errors": errors}
     for crop in analysis.crops:
         x1, y1, x2, y2 = crop.box
         item = {"ratio": crop.ratio, "box": [x1, y1, x2, y2], "score": round(float(crop.score), 6),
@@ -185,6 +191,8 @@ def _print_record(record: dict, as_json: bool, stdout: TextIO, stderr: TextIO) -
                   f"cut_objects={len(c['cut_objects'])}{where}", file=stdout, flush=True)
         if "debug" in record:
             print(f"{record['path']}  debug -> {record['debug']}", file=stdout, flush=True)
+        for e in record.get("errors", []):
+            print(f"error: {record['path']}: {e['ratio']}: {e['detail']}", file=stderr, flush=True)
 
 
 def load_cropper(weights: Path | None, objects: bool, stderr: TextIO) -> Cropper | None:
@@ -226,6 +234,7 @@ def run_crop(args: argparse.Namespace, cropper: Cropper | None, stdout: TextIO, 
     for path in photos:
         try:
             record = crop_one(cropper, path, args, names)
+            failed += bool(record["errors"])  # the other ratios are written; the exit code still says
         except ImageLoadError as e:
             record, failed = {"path": str(path), "error": e.reason}, failed + 1
         except ValueError as e:  # e.g. a photo too small for an exact ratio

@@ -43,6 +43,8 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "s2cnet.pt"
 DEFAULT_SHORT_SIDE = 256  # the model's input short side (GAIC's): photos are decoded no larger than it needs
 MAX_NODES = 10  # object nodes per photo: the graph's size (faces first, then the proposer's other boxes)
+DEFAULT_REFINE = 16  # graph-scored candidates per ratio in the coarse-to-fine path (docs/experiments.md)
+MAX_REFINE_ROUNDS = 8  # extra graph calls per ratio while the policy's pick carries a coarse score
 
 
 def native_bf16() -> bool:
@@ -96,7 +98,8 @@ class Cropper:
                  model_version: str = "untrained", integrity_margin: float = 0.1, protected_objects: int = 3,
                  saliency_weight: float = SALIENCY_WEIGHT,
                  bf16: bool | None = None, backbone_batch: int = 1, mirror_consistent: bool = False,
-                 graph_chunk: int | None = 64, face_detector: FaceDetectorFn | None = None) -> None:
+                 graph_chunk: int | None = 64, face_detector: FaceDetectorFn | None = None,
+                 refine: int | None = DEFAULT_REFINE) -> None:
         self.model = inference_copy(model)
         self.proposer = as_proposer(proposer)
         # Faces from a dedicated detector (``s2cnet.faces``: any image -> (boxes, scores) callable), run
@@ -125,6 +128,12 @@ class Cropper:
         # processed in one canonical orientation (_oriented). Off by default: the shipped scorer ranks
         # mirrored photos worse (GAICD validation SRCC 0.787 -> 0.781, Acc5 58.2 -> 55.4; README).
         self.mirror_consistent = mirror_consistent
+        # Coarse-to-fine: with a coarse readout in the weights, the graph head scores only each ratio's
+        # ``refine`` best admissible candidates by the coarse score (and the policy's pick, until it is
+        # graph-scored); None: every candidate through the graph. ``score`` always takes the full path.
+        if refine is not None and refine < 1:
+            raise ValueError(f"refine must be a positive number of candidates or None, got {refine!r}")
+        self.refine = refine
 
     def to(self, device: str | torch.device) -> Cropper:
         """Moves the scorer (and a proposer that reads its features) to ``device``, e.g. "cuda". Photos
@@ -271,6 +280,60 @@ class Cropper:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_pool": None}  # threads do not pickle; a copy starts its own
 
+    @property
+    def coarse_to_fine(self) -> bool:
+        """Whether crops take the coarse-to-fine path (a coarse readout in the weights and ``refine`` set)."""
+        return self.refine is not None and self.model.coarse is not None
+
+    @torch.no_grad()
+    def _score_candidates(self, feat: torch.Tensor, scale: np.ndarray, per_ratio: list[np.ndarray], objects: np.ndarray,
+                          masses: list[np.ndarray | None], subjects: Subjects,
+                          regions: Regions) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Every candidate's score per ratio, and which of them the graph head scored. Coarse-to-fine: the
+        coarse readout ranks all of them (on the full score's scale), the graph head scores each ratio's
+        ``refine`` best admissible ones, then whichever candidate the policy would pick, until its pick
+        is graph-scored (after ``MAX_REFINE_ROUNDS``, every admissible one); the rest keep their coarse
+        score. The pick is therefore always graph-scored."""
+        h, w = float(feat.shape[-2] * 16), float(feat.shape[-1] * 16)
+        boxes = np.concatenate(per_ratio)
+        cuts = np.cumsum([len(b) for b in per_ratio])[:-1]
+        crops_t = torch.from_numpy(np.asarray(boxes, np.float32) * scale).to(self.device)
+        objs_t = torch.from_numpy(objects * scale).to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            tokens = self.model.crop_tokens(feat, crops_t, w, h)
+
+            def graph(idx: np.ndarray) -> np.ndarray:
+                index = torch.from_numpy(idx).to(self.device)
+                return self.model.score_tokens(feat, tokens[index], crops_t[index], objs_t, w, h,
+                                               self.graph_chunk).float().cpu().numpy()
+
+            if not self.coarse_to_fine:
+                return np.split(graph(np.arange(len(boxes))), cuts), [np.ones(len(b), bool) for b in per_ratio]
+            scores = self.model.coarse_scores(tokens).float().cpu().numpy()
+            refined = np.zeros(len(boxes), bool)
+
+            def refine(idx: np.ndarray) -> None:
+                idx = np.unique(idx[~refined[idx]])
+                if len(idx):
+                    scores[idx], refined[idx] = graph(idx), True
+
+            policy, starts = self.policy, np.concatenate([[0], cuts])
+            front = []
+            for start, b, m in zip(starts, per_ratio, masses):
+                ok = policy.admissible(b, subjects, regions)
+                total = scores[start : start + len(b)] + (0 if m is None else self.saliency_weight * m)
+                front.append(start + np.argsort(np.where(ok, -total, np.inf), kind="stable")[: self.refine])
+            refine(np.concatenate(front))  # one graph call for every ratio's front-runners
+            for start, b, m in zip(starts, per_ratio, masses):
+                for _ in range(MAX_REFINE_ROUNDS):
+                    j = start + policy.pick(b, scores[start : start + len(b)], subjects, m, regions)
+                    if refined[j]:
+                        break
+                    refine(np.array([j]))
+                else:  # the coarse score misleads on this photo: every admissible candidate through the graph
+                    refine(start + np.flatnonzero(policy.admissible(b, subjects, regions)))
+        return np.split(scores, cuts), np.split(refined, cuts)
+
     @torch.no_grad()
     def _score(self, feat: torch.Tensor, scale: np.ndarray, boxes: np.ndarray, objects: np.ndarray) -> np.ndarray:
         h, w = feat.shape[-2] * 16, feat.shape[-1] * 16
@@ -355,13 +418,13 @@ class Cropper:
                                                      else anchored_candidates(w, h, r, anchors, self.grid)]))
                          for r, b in zip(keys, per_ratio)]
             boxes, cuts = np.concatenate(per_ratio), np.cumsum([len(b) for b in per_ratio])[:-1]
-            per_scores = np.split(self._score(feat, scale, boxes, found.boxes), cuts)
             # one integral image of the map serves every ratio's candidates
             saliency = found.saliency
             masses = [None] * len(keys) if saliency is None else np.split(mass_kept(boxes, saliency, (w, h)), cuts)
+            per_scores, refined = self._score_candidates(feat, scale, per_ratio, found.boxes, masses, subjects, regions)
             crops = self._choose((w, h), keys, per_ratio, per_scores, masses, subjects, regions, saliency)
             analysis = Analysis(loaded.original_size, crops, dict(zip(keys, per_ratio)), dict(zip(keys, per_scores)),
-                                found.boxes, found.kinds, regions)
+                                found.boxes, found.kinds, regions, dict(zip(keys, refined)))
             return analysis.mirrored() if mirrored else analysis
 
         if self.backbone_batch > 1 and len(images) > 1:
@@ -397,10 +460,11 @@ class Analysis:
     size: tuple[int, int]  # full-size upright (width, height)
     crops: list[Crop]  # the chosen crop per ratio
     candidates: dict  # ratio -> [N, 4] int boxes
-    scores: dict  # ratio -> [N] scores
+    scores: dict  # ratio -> [N] scores (the graph head's where ``graph_scored``, else the coarse readout's)
     objects: np.ndarray  # [M, 4] object nodes used
     object_kinds: tuple[str, ...] = ()  # per object: "face", "person", "object" or "salient"
     regions: Regions = field(default_factory=Regions)  # the caller's keep boxes and focus point
+    graph_scored: dict = field(default_factory=dict)  # ratio -> [N] bool: scored by the graph head (coarse-to-fine)
 
     def mirrored(self) -> Analysis:
         """The same analysis of the mirrored photo: every box mirrored, scores and choices unchanged."""
@@ -412,4 +476,4 @@ class Analysis:
                          dropped_objects=as_tuples(c.dropped_objects), focal_point=point(c.focal_point),
                          safe_box=None if c.safe_box is None else as_tuples([c.safe_box])[0]) for c in self.crops]
         return Analysis(self.size, crops, {r: flip(b) for r, b in self.candidates.items()}, self.scores,
-                        flip(self.objects), self.object_kinds, self.regions.mirrored(w))
+                        flip(self.objects), self.object_kinds, self.regions.mirrored(w), self.graph_scored)

@@ -17,7 +17,28 @@ from s2cnet.cropper import Analysis, Crop
 
 # Diverging low -> high ramp (blue, pale yellow, red), readable over a grey photo.
 _RAMP = np.array([[49, 54, 149], [116, 173, 209], [255, 255, 191], [244, 109, 67], [165, 0, 38]], np.float32)
-CROP_COLOURS = [(0, 230, 64), (255, 0, 255), (0, 200, 255), (255, 160, 0), (255, 255, 0), (160, 90, 255)]
+# One colour per ratio wherever crops are drawn (this overlay, the contact sheet, the service's page), so
+# a ratio reads the same everywhere; saturated, so a screenshot test finds each rectangle by colour.
+RATIO_COLOURS = {"1:1": (255, 0, 0), "4:3": (0, 255, 0), "16:9": (0, 0, 255), "9:16": (255, 0, 255),
+                 "4:5": (0, 255, 255), "3:4": (255, 255, 0), "3:2": (255, 128, 0), "2:3": (128, 0, 255),
+                 "free": (255, 105, 180)}
+OTHER_RATIO_COLOURS = [(0, 128, 255), (128, 255, 0), (255, 0, 128), (0, 255, 128)]  # by the ratio's characters
+
+
+def ratio_colour(ratio: str | None) -> tuple[int, int, int]:
+    """The colour of a ratio ("W:H" in lowest terms, None or "free" for the free ratio). Ratios without
+    their own colour take one of ``OTHER_RATIO_COLOURS`` by the sum of their character codes (the
+    service's page computes the same)."""
+    key = ratio or "free"
+    if key in RATIO_COLOURS:
+        return RATIO_COLOURS[key]
+    return OTHER_RATIO_COLOURS[sum(ord(c) for c in key) % len(OTHER_RATIO_COLOURS)]
+
+
+def hex_colour(rgb: tuple[int, int, int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
+
+
 OBJECT_COLOUR, CUT_OBJECT_COLOUR = (255, 255, 255), (255, 40, 40)
 SAFE_BOX_COLOUR = (255, 230, 120)  # the photo's safe box and focal point (a cross)
 
@@ -109,7 +130,7 @@ def render_overlay(image: Image.Image, boxes: np.ndarray, scores: np.ndarray, ob
         draw.rectangle((x1, y1, x2, y2), outline=(0, 0, 0), width=line + 2)
         draw.rectangle((x1, y1, x2, y2), outline=colour, width=line)
     for i, crop in enumerate(crops):  # boxes, and a colour-keyed list top-left (labels on boxes collide)
-        colour = CROP_COLOURS[i % len(CROP_COLOURS)]
+        colour = ratio_colour(crop.ratio)
         x1, y1, x2, y2 = np.asarray(crop.box, np.float64) * scale
         draw.rectangle((x1, y1, x2 - 1, y2 - 1), outline=colour, width=line + 1)
         terms = f"  faces {crop.kept_faces}/{crop.faces}" if crop.faces else ""

@@ -8,6 +8,7 @@ so the event loop keeps accepting requests while the model runs.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from s2cnet.cropper import Crop
 from s2cnet.imageio import LoadedImage
+from s2cnet.overlay import OTHER_RATIO_COLOURS, RATIO_COLOURS, hex_colour
 from serve.errors import ServiceError
 from serve.service import CropService
 
@@ -106,6 +108,11 @@ class CropOut(BaseModel):
                                                                   "(null when the model has no saliency head)")
 
 
+class RatioError(BaseModel):
+    ratio: str | None
+    detail: str
+
+
 class CropsResponse(BaseModel):
     width: int
     height: int
@@ -114,6 +121,8 @@ class CropsResponse(BaseModel):
     safe_box: list[int] | None = Field(default=None, description="x1, y1, x2, y2: the smallest box holding what must be kept "
                                                                  "(keep boxes, focus, protected faces); null when nothing must")
     crops: list[CropOut]
+    errors: list[RatioError] = Field(default=[], description="one per asked ratio the photo is too small to hold "
+                                                            "(the other ratios are still cropped; 422 when none fits)")
     model_version: str
     timing_ms: dict[str, float]
 
@@ -152,7 +161,8 @@ def build_app(service: CropService, crop: CropFn | None = None) -> FastAPI:
         except TimeoutError:
             raise ServiceError(504, f"the object store did not answer within {s.store_deadline_s:g} s") from None
     app = FastAPI(title="ugc-crop", description="S2CNet crops and thumbnails", version="1")
-    page_html = PAGE.read_text()
+    page_html = PAGE.read_text().replace('/*RATIO_COLOURS*/{"named": {}, "other": ["#ff0000"]}', json.dumps(
+        {"named": {r: hex_colour(c) for r, c in RATIO_COLOURS.items()}, "other": [hex_colour(c) for c in OTHER_RATIO_COLOURS]}))
 
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
@@ -168,9 +178,11 @@ def build_app(service: CropService, crop: CropFn | None = None) -> FastAPI:
         return JSONResponse({"detail": "; ".join(problems) or "invalid request"}, status_code=422)
 
     async def best_crops(src, size: tuple[int, int], ratios: Sequence[str],
-                         regions: dict | None = None) -> tuple[list[Crop], int]:
-        service.check_fits(size, ratios)
-        return await crop(src, tuple(ratios), regions)
+                         regions: dict | None = None) -> tuple[list[Crop], int, list[dict]]:
+        """The crops of the ratios the photo can hold, the batch size, an error per ratio it cannot."""
+        fits, errors = service.fitting(size, ratios)
+        found, batch = await crop(src, tuple(fits), regions)
+        return found, batch, errors
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> dict:
@@ -201,10 +213,10 @@ def build_app(service: CropService, crop: CropFn | None = None) -> FastAPI:
         size = loaded.original_size
         regions = service.parse_regions(keep, focus, size) if keep or focus is not None else None
         t2 = time.perf_counter()
-        found, batch = await best_crops(loaded, size, wanted, regions)
+        found, batch, errors = await best_crops(loaded, size, wanted, regions)
         t3 = time.perf_counter()
         timing = {"read": (t1 - t0) * 1e3, "decode": (t2 - t1) * 1e3, "crop": (t3 - t2) * 1e3, "total": (t3 - t0) * 1e3}
-        return JSONResponse(service.crops_body(size, found, service.model_version, timing),
+        return JSONResponse(service.crops_body(size, found, service.model_version, timing, errors),
                             headers={"X-Batch-Size": str(batch)})
 
     @app.api_route("/v1/thumbnail", methods=["GET", "HEAD"], responses={**ERROR_RESPONSES, 200: THUMBNAIL_BODY},

@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image
 
-from s2cnet.candidates import canonical_ratio, parse_ratio
+from s2cnet.candidates import canonical_ratio, parse_ratio, split_fitting
 from s2cnet.choice import caller_regions
 from s2cnet.cropper import Crop, Cropper
 from s2cnet.imageio import ImageLoadError, LoadedImage, open_image
@@ -128,13 +128,13 @@ class CropService:
             raise load_error(e) from None
 
     @staticmethod
-    def check_fits(size: tuple[int, int], ratios: Sequence[str]) -> None:
-        """422 when the photo is too small to hold an exact crop of some ratio (e.g. 16:9 in 10x10)."""
-        w, h = size
-        for r in (r for r in ratios if r is not None):  # a free-ratio crop fits any photo
-            a, b = parse_ratio(r)
-            if w < a or h < b:
-                raise ServiceError(422, f"a {w}x{h} image is too small for an exact {r} crop")
+    def fitting(size: tuple[int, int], ratios: Sequence[str]) -> tuple[list[str], list[dict]]:
+        """The ratios the photo can hold an exact crop of, and an error per ratio it cannot (one rule for
+        every entry point, ``candidates.split_fitting``); 422 when it holds none of them."""
+        fits, errors = split_fitting(*size, ratios)
+        if not fits:
+            raise ServiceError(422, "; ".join(e["detail"] for e in errors))
+        return fits, errors
 
     # -- model ---------------------------------------------------------------------------------------
     def crop_many(self, items: Sequence[tuple]) -> list[list[Crop] | Exception]:
@@ -197,7 +197,8 @@ class CropService:
         return {"keep": boxes or None, "focus": point}
 
     @staticmethod
-    def crops_body(size: tuple[int, int], crops: Sequence[Crop], model_version: str, timing_ms: dict) -> dict:
+    def crops_body(size: tuple[int, int], crops: Sequence[Crop], model_version: str, timing_ms: dict,
+                   errors: Sequence[dict] = ()) -> dict:
         w, h = size
         first = crops[0] if crops else None
         return {"width": w, "height": h,
@@ -207,6 +208,7 @@ class CropService:
                            "cut_objects": [[int(v) for v in b] for b in c.cut_objects],
                            "dropped_objects": [[int(v) for v in b] for b in c.dropped_objects],
                            "faces": c.faces, "kept_faces": c.kept_faces, "saliency_kept": c.saliency_kept} for c in crops],
+                "errors": list(errors),
                 "model_version": model_version,
                 "timing_ms": {k: round(v, 2) for k, v in timing_ms.items()}}
 

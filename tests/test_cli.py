@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 from s2cnet.cli import main
 from s2cnet.cropper import DEFAULT_WEIGHTS, Crop, Cropper
 from s2cnet.model import S2CNet, S2CNetConfig
-from s2cnet.overlay import CROP_COLOURS, CUT_OBJECT_COLOUR, OBJECT_COLOUR, render_overlay, score_heat
+from s2cnet.overlay import CUT_OBJECT_COLOUR, OBJECT_COLOUR, ratio_colour, render_overlay, score_heat
 
 ROOT = Path(__file__).resolve().parents[1]
 OBJECTS = [(150, 60, 260, 170), (20, 150, 110, 230)]
@@ -130,11 +130,19 @@ def test_text_output_sends_errors_to_stderr(cropper, photos, capsys):
     assert "free" in captured.out and "box=" in captured.out
 
 
-def test_too_small_for_a_ratio_is_a_per_image_error(cropper, tmp_path, capsys):
+def test_a_ratio_the_photo_cannot_hold_fails_alone(cropper, tmp_path, capsys):
     thin = tmp_path / "thin.png"
     Image.new("RGB", (15, 20), (200, 10, 10)).save(thin)  # narrower than 16 px: no exact 16:9 crop
     assert main(["crop", str(thin), "--ratio", "16:9", "--json"], cropper=cropper) == 1
     assert "too small" in json_lines(capsys.readouterr().out)[0]["error"]
+    # as in the service and the batch job: the ratios it can hold are still cropped, the exit code says
+    assert main(["crop", str(thin), "--ratio", "1:1", "--ratio", "16:9", "--json"], cropper=cropper) == 1
+    rec = json_lines(capsys.readouterr().out)[0]
+    assert [c["ratio"] for c in rec["crops"]] == ["1:1"]
+    assert rec["errors"] == [{"ratio": "16:9", "detail": "a 15x20 photo is too small for an exact 16:9 crop"}]
+    assert main(["crop", str(thin), "--ratio", "1:1", "--ratio", "16:9"], cropper=cropper) == 1
+    captured = capsys.readouterr()
+    assert "1:1  box=" in captured.out and "error: " in captured.err and "16:9: a 15x20 photo is too small" in captured.err
 
 
 def test_pixel_limit_option(cropper, photos, capsys):
@@ -220,7 +228,7 @@ def test_overlay_draws_objects_crops_and_heat():
     assert out.shape == (100, 200, 3)
     assert tuple(out[40, 20]) == CUT_OBJECT_COLOUR  # left edge of the object the crop cuts
     assert tuple(out[70, 120]) == OBJECT_COLOUR  # left edge of an intact object
-    assert tuple(out[50, 199]) == CROP_COLOURS[0]  # right edge of the chosen crop
+    assert tuple(out[50, 199]) == ratio_colour("1:1")  # right edge of the chosen crop, in its ratio's colour
     cold, warm = out[60, 80].astype(int), out[60, 150].astype(int)  # low-score half blue, high-score half red
     assert cold[2] > cold[0] and warm[0] > warm[2]
 
@@ -249,11 +257,13 @@ def test_overlay_scores_agree_with_the_chosen_crops(object_cropper, cropper):
         assert [x.box for x in analysis.crops] == [x.box for x in crops]
         boxes = np.concatenate([c_ for c_ in analysis.candidates.values()])
         scores = np.concatenate([s_ for s_ in analysis.scores.values()])
-        # the heat map shows the scores the choice used
-        np.testing.assert_allclose(scores, c.score(image, boxes, objects=objs), atol=1e-4)
+        # the heat map shows the scores the choice used: the graph's where it scored (always the chosen
+        # crops, coarse-to-fine), the coarse readout's elsewhere
+        graph = np.concatenate([g for g in analysis.graph_scored.values()])
+        np.testing.assert_allclose(scores[graph], c.score(image, boxes[graph], objects=objs), atol=1e-4)
         for crop in crops:
             k = int(np.flatnonzero((boxes == crop.box).all(1))[0])
-            assert abs(scores[k] - crop.score) < 1e-4  # the heat map shows the scores the choice used
+            assert graph[k] and abs(scores[k] - crop.score) < 1e-4  # the heat map shows the scores the choice used
             same_ratio = np.array([(b[2] - b[0]) * int(crop.ratio.split(":")[1]) == (b[3] - b[1]) * int(crop.ratio.split(":")[0])
                                    for b in boxes])
             margin = getattr(c, "integrity_margin", 0.0) if len(objs) else 0.0

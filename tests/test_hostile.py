@@ -126,6 +126,17 @@ def test_bad_crop_requests_are_refused_with_a_reason(live, case, status, reason)
     assert reason in r.json()["detail"]
 
 
+def test_a_ratio_the_photo_cannot_hold_fails_alone(live):
+    """As the batch job writes an error row for that ratio alone: the others are still cropped."""
+    r = requests.post(live["url"] + "/v1/crops", params={"ratios": "1:1,16:9,free"}, data=encode(Image.new("RGB", (12, 12)), "PNG"))
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [c["ratio"] for c in body["crops"]] == ["1:1", None]
+    assert body["errors"] == [{"ratio": "16:9", "detail": "a 12x12 photo is too small for an exact 16:9 crop"}]
+    ok = requests.post(live["url"] + "/v1/crops", params={"ratios": "1:1"}, data=encode(photo(320, 240))).json()
+    assert ok["errors"] == []
+
+
 
 @pytest.mark.parametrize("key", ["ugc/%2e%2e/private/secret.jpg", "ugc/..%2fprivate/secret.jpg", "%2e%2e/etc/passwd",
                                  "ugc/%00.jpg"])

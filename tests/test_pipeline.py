@@ -241,6 +241,10 @@ def test_contact_sheet_shows_every_cropped_photo_and_every_error(full_run, bucke
     assert page.count("<section>") == len(cropped)
     assert page.count("data:image/jpeg;base64,") == len(cropped) + sum(r["x1"] is not None for r in rows)
     assert f"Errors ({sum(r['error'] is not None for r in rows)})" in page  # nothing failed while drawing
+    from s2cnet.overlay import hex_colour, ratio_colour
+
+    for ratio in {r["ratio"] for r in rows if r["ratio"]}:  # each ratio in the colour the overlay and the page use
+        assert f'color:{hex_colour(ratio_colour(ratio))}">&#9632; {ratio}' in page
 
 
 def test_rerun_refuses_and_resume_adds_nothing(full_run, bucket, model):

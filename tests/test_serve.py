@@ -24,6 +24,7 @@ import requests
 from PIL import Image
 from serve_support import BODY_LIMIT, BUCKET, MAX_PIXELS, PREFIX, encode, exact_ratio, photo
 
+from s2cnet.overlay import hex_colour, ratio_colour
 from serve.errors import ServiceError
 from serve.objects import check_key
 from serve.service import CropService
@@ -199,7 +200,6 @@ def test_200_requests_16_in_flight(live):
 
 # -- the demo page in headless Chromium ------------------------------------------------------------------------
 CHROMIUM = os.environ.get("UGC_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
-COLORS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 0, 255)]  # page.html's first four rectangle colours
 
 
 class Chromium:
@@ -266,6 +266,9 @@ class Chromium:
 def test_homepage_is_served(live):
     r = requests.get(live["url"] + "/")
     assert r.status_code == 200 and "/v1/crops" in r.text and "text/html" in r.headers["content-type"]
+    # the page draws each ratio in the colour the overlay and the contact sheet use
+    named = json.loads(r.text.split("const RATIO_COLOURS = ", 1)[1].split(";\n", 1)[0])["named"]
+    assert named["16:9"] == hex_colour(ratio_colour("16:9")) and named["free"] == hex_colour(ratio_colour(None))
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="headless test needs Debian's chromium (apt-get install -y chromium)")
@@ -292,7 +295,8 @@ def test_demo_page_draws_each_crop(live, tmp_path):
     shot = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
     crops = result["crops"]
     assert [c["ratio"] for c in crops] == ["1:1", "4:3", "16:9", "9:16"] and len(rects) == 4
-    for crop, (left, top, w, h), color in zip(crops, rects, COLORS):
+    for crop, (left, top, w, h) in zip(crops, rects):
+        color = ratio_colour(crop["ratio"])
         left, top = round(left), round(top)
         scale = w / result["width"]
         region = shot[top:top + h, left:left + w]

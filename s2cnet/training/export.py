@@ -4,6 +4,7 @@
         --out s2cnet/weights/s2cnet.pt
     python -m s2cnet.training.export --saliency runs/saliency.pt --out s2cnet/weights/saliency.pt
     python -m s2cnet.training.export --into s2cnet/weights/s2cnet.pt --subject-heads runs/subject_heads.pt
+    python -m s2cnet.training.export --into s2cnet/weights/s2cnet.pt --coarse-readout runs/coarse/coarse.pt
 
 A run directory stands for whichever of its last epoch (last.pt) and its weight average (final.pt)
 scored the higher validation SRCC: the choice is made on the held-out photos, never on test.
@@ -62,6 +63,24 @@ def attach_subject_heads(model_file: str | Path, heads: str | Path) -> None:
     card_path.write_text(json.dumps(card, indent=2))
 
 
+def attach_coarse_readout(model_file: str | Path, coarse: str | Path) -> None:
+    """Adds a coarse readout (``training.coarse`` output, distilled from this very file's scores) to a
+    shipped model file in place: its weights join the model's as ``coarse.*`` with ``coarse_readout``
+    set in the config, and the card records its distillation history and GAICD test agreement."""
+    model_file, coarse = Path(model_file), Path(coarse)
+    shipped = torch.load(model_file, map_location="cpu", weights_only=True)
+    trained = torch.load(coarse, map_location="cpu", weights_only=False)
+    model = {k: v for k, v in shipped["model"].items() if not k.startswith("coarse.")}
+    shipped["model"] = {**model, **half({f"coarse.{k}": v for k, v in trained["state"].items()})}
+    shipped["config"] = {**shipped["config"], "coarse_readout": True}
+    torch.save(shipped, model_file)
+    card_path = model_file.with_suffix(".json")
+    card = json.loads(card_path.read_text()) if card_path.exists() else {}
+    card["config"] = shipped["config"]
+    card["coarse_readout"] = {key: trained.get(key) for key in ("teacher", "test", "temperature", "ratios", "history", "command")}
+    card_path.write_text(json.dumps(card, indent=2))
+
+
 def export_saliency(checkpoint: str | Path, out: str | Path) -> None:
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
     out = Path(out)
@@ -76,16 +95,20 @@ def main(argv: list[str] | None = None) -> None:
     src.add_argument("--saliency", type=Path, help="a DUTS saliency checkpoint")
     src.add_argument("--into", type=Path, help="a shipped model file to add --subject-heads to, in place")
     ap.add_argument("--subject-heads", type=Path, help="heads fitted by train_subject on that file's backbone (with --into)")
+    ap.add_argument("--coarse-readout", type=Path, help="a readout distilled by training.coarse from that file (with --into)")
     ap.add_argument("--saliency-head", type=Path, help="a head fitted by saliency.py --backbone-from (with --checkpoint)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--command", help="the training command, recorded in the JSON card")
     ap.add_argument("--metrics", type=Path, help="an evaluate.py --json file, recorded in the JSON card")
     args = ap.parse_args(argv)
     if args.into:
-        if args.subject_heads is None:
-            ap.error("--into needs --subject-heads")
-        attach_subject_heads(args.into, args.subject_heads)
-        print(f"added subject heads to {args.into} ({args.into.stat().st_size / 1e6:.1f} MB)")
+        if args.subject_heads is None and args.coarse_readout is None:
+            ap.error("--into needs --subject-heads or --coarse-readout")
+        if args.subject_heads is not None:
+            attach_subject_heads(args.into, args.subject_heads)
+        if args.coarse_readout is not None:
+            attach_coarse_readout(args.into, args.coarse_readout)
+        print(f"updated {args.into} ({args.into.stat().st_size / 1e6:.1f} MB)")
         return
     if args.out is None:
         ap.error("--out is required with --checkpoint or --saliency")
