@@ -82,7 +82,8 @@ def make_worker(method: str, refine: int | None):
 
     kwargs = {} if refine is None else {"refine": refine or None}
     cropper = Cropper.from_pretrained(**kwargs)
-    path = getattr(cropper, "coarse_to_fine", False) and f"coarse-to-fine, graph on {cropper.refine} a ratio" or "every candidate through the graph"
+    path = (f"coarse-to-fine, graph on {cropper.refine} a ratio" if getattr(cropper, "coarse_to_fine", False)
+            else "every candidate through the graph")
     about = f"{cropper.model_version}, {path}, bf16 {cropper.bf16}"
     return (lambda p: cropper.crop(p, RATIOS)), about, cropper
 

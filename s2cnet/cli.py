@@ -134,13 +134,11 @@ def crop_one(cropper: Cropper, path: Path, args: argparse.Namespace, names: _Nam
     """Crops one photo and writes its files; returns its JSON record (raises on failure)."""
     from PIL import Image
 
-    from s2cnet.candidates import ratio_name
+    from s2cnet.candidates import ratio_name, split_fitting
     from s2cnet.imageio import open_image
 
     # the crop sees exactly what the API, the service and the pipeline see for these bytes; only the
     # written crops read the photo at full size
-    from s2cnet.candidates import split_fitting
-
     loaded = cropper.image_stage(path, max_pixels=args.max_pixels or None)
     asked = [None] if args.ratio is None else [args.ratio] if isinstance(args.ratio, str) else list(args.ratio)
     fits, errors = split_fitting(*loaded.original_size, asked)  # a ratio the photo cannot hold fails alone
