@@ -136,15 +136,16 @@ def latency(method: str, args: argparse.Namespace) -> dict:
     return out
 
 
-def run_child(mode: str, method: str, tree: Path | None) -> dict:
+def run_child(mode: str, method: str, tree: Path | None, args: argparse.Namespace) -> dict:
     """One measurement in a fresh interpreter; ``tree``: import s2cnet from that checkout instead."""
     env = dict(os.environ)
     if tree is not None:
         env["PYTHONPATH"] = str(tree.resolve())
-    argv = [a for a in sys.argv[1:] if not a.startswith("--also")]
-    cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--child", f"{mode}:{method}"]
-    done = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env,
-                          cwd=str(tree.resolve()) if tree is not None else None)
+    argv = ["--data", str(args.data), "--limit", str(args.limit), "--workers", str(args.workers),
+            "--repeat", str(args.repeat), *(["--refine", str(args.refine)] if args.refine is not None else []),
+            *(["--stages"] if args.stages else []), "--child", f"{mode}:{method}"]
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), *argv], check=True, capture_output=True,
+                          text=True, env=env, cwd=str(tree.resolve()) if tree is not None else None)
     return json.loads(done.stdout.splitlines()[-1])
 
 
@@ -169,7 +170,7 @@ def main() -> None:
     rows = []
     for name, tree in trees + [("smartcrop.py", None)]:
         method = "smartcrop" if name == "smartcrop.py" else "ugc"
-        b, lat = run_child("busy", method, tree), run_child("latency", method, tree)
+        b, lat = run_child("busy", method, tree, args), run_child("latency", method, tree, args)
         rows.append((name, b, lat))
     print(f"\n{args.limit} GAICD test photos (1024 px long side) x{args.repeat}, ratios {','.join(RATIOS)}, "
           f"{os.cpu_count()} cores, {args.workers} busy workers; each method in fresh processes\n")

@@ -238,7 +238,10 @@ class Cropper:
             boxes = np.zeros((0, 4), np.float32) if objects is None else finite_boxes(objects, "objects")
             return PendingObjects(boxes=boxes)
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="s2cnet-proposals")
+            # the worker keeps to the caller's torch threads: a new thread would otherwise start OpenMP
+            # teams of one thread per core, whose spinning halved photos/s with every core busy
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="s2cnet-proposals",
+                                            initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),))
         faces = detail.faces
         if faces is None and self.face_detector is not None:
             faces = self._pool.submit(faces_in, self.face_detector, detail)
