@@ -43,7 +43,7 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_WEIGHTS = WEIGHTS_DIR / "s2cnet.pt"
 DEFAULT_SHORT_SIDE = 256  # the model's input short side (GAIC's): photos are decoded no larger than it needs
 MAX_NODES = 10  # object nodes per photo: the graph's size (faces first, then the proposer's other boxes)
-DEFAULT_REFINE = 16  # graph-scored candidates per ratio in the coarse-to-fine path (docs/experiments.md)
+DEFAULT_REFINE = 8  # graph-scored candidates per ratio in the coarse-to-fine path (benchmarks/bench_coarse.py)
 MAX_REFINE_ROUNDS = 8  # extra graph calls per ratio while the policy's pick carries a coarse score
 
 
@@ -99,7 +99,7 @@ class Cropper:
                  saliency_weight: float = SALIENCY_WEIGHT,
                  bf16: bool | None = None, backbone_batch: int = 1, mirror_consistent: bool = False,
                  graph_chunk: int | None = 64, face_detector: FaceDetectorFn | None = None,
-                 refine: int | None = DEFAULT_REFINE) -> None:
+                 refine: int | None = DEFAULT_REFINE, bf16_backbone: bool | None = None) -> None:
         self.model = inference_copy(model)
         self.proposer = as_proposer(proposer)
         # Faces from a dedicated detector (``s2cnet.faces``: any image -> (boxes, scores) callable), run
@@ -111,6 +111,9 @@ class Cropper:
         # 85 against 92 ms a photo on the 2-core machine, ranking unchanged on GAICD (docs/experiments.md);
         # None picks it from the hardware.
         self.bf16 = native_bf16() if bf16 is None else bf16
+        # The backbone in bfloat16 too (None: as ``bf16``): 10 against 16 ms a photo here, GAICD test
+        # SRCC 0.7732 either way (docs/experiments.md); False is the float path.
+        self.bf16_backbone = self.bf16 if bf16_backbone is None else bf16_backbone
         self.short_side = short_side
         self.grid = grid
         self.model_version = model_version
@@ -145,7 +148,7 @@ class Cropper:
         if hasattr(self.proposer, "to"):
             self.proposer.to(device)
         if device.type != "cpu" and self.bf16 and not native_bf16():
-            self.bf16 = False  # the bf16 default was the CPU's choice
+            self.bf16 = self.bf16_backbone = False  # the bf16 default was the CPU's choice
         self.device = device
         if device.type == "cuda":
             self.backbone_batch = 8 if self.backbone_batch == 1 else self.backbone_batch
@@ -208,9 +211,13 @@ class Cropper:
     def _backbone(self, x: torch.Tensor) -> tuple[torch.Tensor, BackboneMaps]:
         """[B, 3, H, W] inputs of one size -> (reduced maps [B, C, H/16, W/16], backbone maps)."""
         x = x.to(self.device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        maps = self.model.backbone.pyramid(x)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16_backbone):
+            maps = self.model.backbone.pyramid(x)
+            feat = self.model.backbone.reduce(maps.fused)
+        if self.bf16_backbone:  # the heads and the aligns read float32
+            maps, feat = BackboneMaps(*(m.float() for m in maps)), feat.float()
         # RoI/RoDAlign want a contiguous map: converting once here saves a copy per align call
-        return self.model.backbone.reduce(maps.fused).contiguous(), maps
+        return feat.contiguous(), maps
 
     def _batched_features(self, loaded: list[LoadedImage]) -> list[tuple[torch.Tensor, BackboneMaps, np.ndarray]]:
         """``_features`` for several photos, photos of the same input size in one backbone call (on a
@@ -304,11 +311,12 @@ class Cropper:
         objs_t = torch.from_numpy(objects * scale).to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
             tokens = self.model.crop_tokens(feat, crops_t, w, h)
+            objs_t, obj_tokens = self.model.object_tokens(feat, objs_t, w, h)  # once for every graph call
 
             def graph(idx: np.ndarray) -> np.ndarray:
                 index = torch.from_numpy(idx).to(self.device)
                 return self.model.score_tokens(feat, tokens[index], crops_t[index], objs_t, w, h,
-                                               self.graph_chunk).float().cpu().numpy()
+                                               self.graph_chunk, obj_tokens).float().cpu().numpy()
 
             if not self.coarse_to_fine:
                 return np.split(graph(np.arange(len(boxes))), cuts), [np.ones(len(b), bool) for b in per_ratio]
