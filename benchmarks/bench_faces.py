@@ -196,12 +196,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS)
     ap.add_argument("--limit", type=int, default=None, help="held-out photos (default: all)")
     ap.add_argument("--no-crops", action="store_true", help="only the detector table")
+    ap.add_argument("--face-side", type=int, default=None, help="the detector's long side (default: the shipped one)")
+    ap.add_argument("--ugc-only", action="store_true", help="crops: ugc-crop alone (no peers), e.g. to compare --face-side")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     held = heldout_ids(args.data)
     photos = [(pid, p) for pid, p in photo_list(args.data) if pid in held][: args.limit]
     truth = teacher_faces(photos, args.data, args.cache)
-    cropper = Cropper.from_pretrained(args.weights, bf16=False)
+    detector = LibFaceDetection(side=args.face_side) if args.face_side else "default"
+    cropper = Cropper.from_pretrained(args.weights, bf16=False, face_detector=detector)
     heads_cropper = Cropper.from_pretrained(args.weights, bf16=False, face_detector=None)
     detectors(photos, truth, heads_cropper, cropper.face_detector)
     if args.no_crops:
@@ -211,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
                    lambda p, im: [c.box for c in heads_cropper.crop(p, RATIOS[:-1])] + [heads_cropper.crop(p, None)[0].box],
                "smartcrop.py": lambda p, im: [smartcrop_box(im, r) for r in RATIOS],
                "centre crop": lambda p, im: [centre_crop(im.size, r) for r in RATIOS]}
-    crops(photos, truth, methods)
+    crops(photos, truth, {"ugc-crop": methods["ugc-crop"]} if args.ugc_only else methods)
 
 
 if __name__ == "__main__":

@@ -26,10 +26,21 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from pipelines.config import JobConfig, ModelSpec
+from pipelines.lease import Lease, LeaseHeld, owner_name
 from pipelines.photos import SCHEMA, TRANSIENT_KINDS
 from pipelines.progress import Counter, ProgressReporter
 from pipelines.stages import WORK, CropWorker, WorkerSpec, fetch_and_decode, finish
-from pipelines.storage import InputFile, Location, delete_tree, drop_keys, list_inputs, read_bytes, read_output, write_bytes
+from pipelines.storage import (
+    InputFile,
+    Location,
+    delete_job_output,
+    delete_thumbnails,
+    drop_keys,
+    list_inputs,
+    read_bytes,
+    read_output,
+    write_bytes,
+)
 from s2cnet.candidates import canonical_ratio
 
 
@@ -111,7 +122,7 @@ def normalize_ratios(ratios: list[str] | str) -> list[str]:
 
 
 # -- planning and checking ---------------------------------------------------------------------------
-PLAN_COLUMNS = ["key", "ratio", "error_kind", "source_size", "source_mtime_ns", "model_version"]
+PLAN_COLUMNS = ["key", "ratio", "error_kind", "source_size", "source_mtime_ns", "source_etag", "model_version", "thumbnail"]
 
 
 def existing_rows(output: Location, drop_unreadable: bool = False) -> dict[str, list[dict]]:
@@ -124,10 +135,14 @@ def existing_rows(output: Location, drop_unreadable: bool = False) -> dict[str, 
 
 
 def stale(rows: list[dict], f: InputFile, model_version: str | None, retry_errors: bool) -> bool:
-    """True when a key's rows must all be made again: its photo changed (size or mtime), other weights
-    made them, or one holds a transient error (any error with ``retry_errors``)."""
+    """True when a key's rows must all be made again: its photo changed (its ETag where the store gives
+    one, else its size or mtime), other weights made them, or one holds a transient error (any error
+    with ``retry_errors``)."""
     for r in rows:
-        if r.get("source_size") is not None and (r["source_size"], r.get("source_mtime_ns")) != (f.size, f.mtime_ns):
+        if f.etag is not None and r.get("source_etag") is not None:
+            if r["source_etag"] != f.etag:  # an in-place edit that keeps size and mtime still changes it
+                return True
+        elif r.get("source_size") is not None and (r["source_size"], r.get("source_mtime_ns")) != (f.size, f.mtime_ns):
             return True
         if model_version is not None and r.get("model_version") not in (None, model_version):
             return True
@@ -173,6 +188,7 @@ class Summary:
     errors: collections.Counter
     output: str
     max_error_rate: float = 1.0
+    removed: int = 0  # photos no longer in the input whose rows and thumbnails this run removed (takedowns)
 
     @property
     def error_rate(self) -> float:
@@ -198,11 +214,13 @@ class Summary:
                       f"over --max-error-rate {self.max_error_rate:.0%}")
         return (f"crop_bucket: {self.planned} photos ({self.ok} ok, {self.failed} failed), {self.rows} rows -> "
                 f"{self.output} in {self.seconds:.1f} s = {self.photos_per_s:.2f} photos/s; "
-                f"{self.skipped} already done of {self.listed} listed; {status}")
+                f"{self.skipped} already done of {self.listed} listed"
+                f"{f'; {self.removed} no longer in the input removed' if self.removed else ''}; {status}")
 
 
 def check(output: Location, work: list, ratios: list[str]) -> tuple[int, int, int, list[str], int, collections.Counter]:
-    """Read the output back: (ok, failed, rows, missing keys, duplicate pairs, error kinds) for ``work``.
+    """Read the output back: (ok, failed, rows, missing keys, duplicate pairs anywhere in it, error kinds)
+    for ``work``.
     ``rows`` counts what this run wrote: rows of the (key, ratio) pairs it planned, and whole-photo error
     rows of its keys, not the rows a resumed key already had (its other ratios)."""
     planned = {f.key for f, _ in work}
@@ -211,7 +229,9 @@ def check(output: Location, work: list, ratios: list[str]) -> tuple[int, int, in
     pairs: collections.Counter = collections.Counter()
     failed_keys, errors = set(), collections.Counter()
     rows = 0
+    everywhere: collections.Counter = collections.Counter()
     for k, r, e in zip(*(table.column(c).to_pylist() for c in ("key", "ratio", "error_kind"))):
+        everywhere[(k, r)] += 1  # duplicates are looked for in the whole output, not only this run's keys
         if k not in planned:
             continue
         if r is None or (k, r) in todo:  # a planned key's whole-photo error row can only be this run's
@@ -226,7 +246,7 @@ def check(output: Location, work: list, ratios: list[str]) -> tuple[int, int, in
             continue
         if any(not pairs.get((k, r)) for r in ratios):
             missing.append(k)
-    dups = sum(1 for n in pairs.values() if n > 1)
+    dups = sum(1 for n in everywhere.values() if n > 1)
     return len(planned) - len(failed_keys), len(failed_keys), rows, missing, dups, errors
 
 
@@ -287,6 +307,7 @@ def work_blocks(work: list, rows_per_block: int, regions: dict[str, str] | None 
     regions = regions or {}
     table = pa.table({"key": [f.key for f, _ in work], "path": [f.path for f, _ in work],
                       "size": [f.size for f, _ in work], "mtime_ns": [f.mtime_ns for f, _ in work],
+                      "etag": [f.etag for f, _ in work],
                       "ratios": [t for _, t in work], "regions": [regions.get(f.key) for f, _ in work]}, schema=WORK)
     return [table.slice(i, rows_per_block) for i in range(0, len(table), rows_per_block)]
 
@@ -323,28 +344,60 @@ def read_regions(cfg: JobConfig) -> dict[str, str]:
 
 
 def run(cfg: JobConfig) -> Summary:
-    """Run the job on the current Ray cluster (``ray.init()`` is called if needed) and check its output."""
+    """Run the job on the current Ray cluster (``ray.init()`` is called if needed) and check its output,
+    holding the output's lease (``pipelines.lease``) throughout."""
+    ratios = normalize_ratios(cfg.ratios)
+    files = check_locations(cfg)
+    regions = read_regions(cfg)
+    out = Location(cfg.output, cfg.endpoint_url)
+    now = datetime.datetime.now(datetime.UTC)
+    run_id = f"{now:%Y%m%dT%H%M%SZ}-{os.getpid()}"
+    lease = Lease(out, owner_name(), run_id)
+    try:
+        lease.acquire(take_over=cfg.take_over_lease)
+    except LeaseHeld as e:
+        raise StartupError(str(e)) from None
+    with lease:
+        return _run_leased(cfg, ratios, files, regions, out, now, run_id)
+
+
+def remove_taken_down(out: Location, thumbs: Location | None, done: dict[str, list[dict]], files: list[InputFile]) -> int:
+    """Rows and thumbnails of photos no longer in the input: user content that must disappear. -> photos removed."""
+    gone = set(done) - {f.key for f in files}
+    if gone:
+        uris = [r.get("thumbnail") for k in gone for r in done[k]]
+        drop_keys(out, gone)
+        if thumbs is not None:
+            delete_thumbnails(thumbs, uris)
+        for k in gone:
+            del done[k]
+    return len(gone)
+
+
+def _run_leased(cfg: JobConfig, ratios: list[str], files: list[InputFile], regions: dict[str, str], out: Location,
+                now: datetime.datetime, run_id: str) -> Summary:
     import ray
     import ray.data
 
     from s2cnet.cropper import DEFAULT_SHORT_SIDE
 
-    ratios = normalize_ratios(cfg.ratios)
-    files = check_locations(cfg)
-    regions = read_regions(cfg)
-    out = Location(cfg.output, cfg.endpoint_url)
+    thumbs = Location(cfg.thumbnails, cfg.endpoint_url) if cfg.thumbnails else None
     if cfg.overwrite:
-        delete_tree(out)
+        delete_job_output(out, thumbs)
     done = existing_rows(out, drop_unreadable=cfg.resume)
     if done and not cfg.resume:
         raise OutputExistsError(f"{cfg.output} already holds crops of {len(done)} photos: "
                                 "pass --resume to add only what is missing, or --overwrite to start again")
+    removed = 0 if cfg.keep_deleted else remove_taken_down(out, thumbs, done, files)
+    doubled = {k for k, rows in done.items() if len(rows) != len({r["ratio"] for r in rows})}
+    if doubled:  # a (key, ratio) written twice (e.g. by two drivers before leases): made again, once
+        drop_keys(out, doubled)
+        for k in doubled:
+            del done[k]
     version = cfg.model.version()  # a hash of the weights file: read once
     work, skipped, redo = plan(files, done, ratios, cfg.limit, version, cfg.retry_errors)
     if redo:  # their old rows go first: a crash now leaves them missing (redone next time), never doubled
         drop_keys(out, redo)
-    now = datetime.datetime.now(datetime.UTC)
-    run_id = f"{now:%Y%m%dT%H%M%SZ}-{os.getpid()}"
     # every reader of the output (resume, check, drop_keys) lists it recursively, so a partition folder changes nothing else
     target = f"{out.root.rstrip('/')}/processed_date={now:%Y-%m-%d}" if cfg.partition_by_date else out.root
     started_here = False
@@ -390,4 +443,4 @@ def run(cfg: JobConfig) -> Summary:
     ok, failed, rows, missing, dups, errors = check(out, work, ratios)
     return Summary(listed=len(files), skipped=skipped, planned=len(work), ok=ok, failed=failed, rows=rows,
                    missing=missing, duplicates=dups, seconds=seconds, errors=errors, output=cfg.output,
-                   max_error_rate=cfg.max_error_rate)
+                   max_error_rate=cfg.max_error_rate, removed=removed)

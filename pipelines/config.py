@@ -105,7 +105,12 @@ class JobConfig:
                                "other weights and transient errors (read, thumbnail) are done again")
     retry_errors: bool = _opt(False, "with --resume, also redo photos whose rows hold any error")
     max_error_rate: float = _opt(0.05, "exit 1 when more than this share of the photos processed fails")
-    overwrite: bool = _opt(False, "delete --output first")
+    overwrite: bool = _opt(False, "remove this job's earlier output first: the Parquet files under --output and the "
+                                  "thumbnails their rows name (nothing else there is touched)")
+    keep_deleted: bool = _opt(False, "with --resume, keep the rows and thumbnails of photos no longer in --input "
+                                     "(by default a resume removes them: takedowns are honoured)")
+    take_over_lease: bool = _opt(False, "take over the output's lease from a driver that is gone, before the lease "
+                                        "expires by itself")
     model: ModelSpec = _opt(None, "", default_factory=ModelSpec)  # its options: --weights, --no-proposals, --untrained-ok
     max_pixels: int = _opt(DEFAULT_MAX_PIXELS, "larger photos become error rows, refused from their header")
     max_bytes: int = _opt(DEFAULT_MAX_BYTES, "larger objects become error rows without being read")

@@ -48,13 +48,14 @@ SCHEMA = pa.schema([
     ("error", pa.string()),  # null when fine: the reason in words (reworded freely, never parsed)
     ("source_size", pa.int64()),  # the photo as it was read: size and last-modified time; a resume
     ("source_mtime_ns", pa.int64()),  # recomputes keys whose photo changed since
+    ("source_etag", pa.string()),  # the object's ETag (S3; null on a local disk): changes with the content
     ("run_id", pa.string()),
     ("processed_at", pa.timestamp("ms", tz="UTC")),
 ])
 
 # error_kind values: the loader's ErrorKind values for photos that are not usable images, and the
 # job's own stages. "read" and "thumbnail" are transient (the store, not the photo): worth a retry.
-ERROR_KINDS = tuple(k.value for k in ErrorKind if k is not ErrorKind.BAD_ARGUMENT) + ("read", "crop", "thumbnail")
+ERROR_KINDS = tuple(k.value for k in ErrorKind if k is not ErrorKind.BAD_ARGUMENT) + ("read", "crop", "thumbnail", "key")
 TRANSIENT_KINDS = frozenset({"read", "thumbnail"})
 
 DEFAULT_MAX_PIXELS = 64_000_000  # ~190 MB of RGB per photo inside an actor (the loader's own default)
@@ -90,7 +91,14 @@ def reason(err: BaseException) -> str:
 
 
 def thumbnail_path(root: str, key: str, ratio: str) -> str:
-    """{thumbnails root}/{key}/{W}x{H}.jpg -- a CDN finds a thumbnail from the photo key and ratio alone."""
+    """{thumbnails root}/{key}/{W}x{H}.jpg -- a CDN finds a thumbnail from the photo key and ratio alone.
+
+    A key whose path segments are empty, "." or ".." (legal on S3: ``in/../../x.jpg``) would name a
+    file outside the thumbnails root on a local disk, or a different one on S3: a PhotoError of kind
+    "key" (the photo's crop rows stand; only its thumbnails are refused, and a resume does not retry)."""
+    if key.startswith("/") or any(part in ("", ".", "..") for part in key.split("/")):
+        raise PhotoError("key", f"key {key!r} has an empty, '.' or '..' path segment: it cannot name a thumbnail "
+                                "inside the thumbnails root")
     return f"{root.rstrip('/')}/{key}/{ratio_name(ratio)}.jpg"
 
 

@@ -42,7 +42,7 @@ from pipelines.storage import Location, read_bytes, write_bytes
 from s2cnet.imageio import LoadedImage
 
 WORK = pa.schema([("key", pa.string()), ("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()),
-                  ("ratios", pa.list_(pa.string())),
+                  ("etag", pa.string()), ("ratios", pa.list_(pa.string())),
                   ("regions", pa.string())])  # the caller's {"keep": ..., "focus": ...} as JSON, or null
 # One row per photo after fetch_and_decode: the pixels the model reads (already reduced to what its
 # input size needs), the upright full size, and the file's bytes only when thumbnails are wanted.
@@ -51,8 +51,9 @@ DECODED = pa.schema([*WORK, ("width", pa.int32()), ("height", pa.int32()), ("for
                      ("faces", pa.list_(pa.float32())),  # x1, y1, x2, y2, score per face (full-size px); null: not run
                      ("source", pa.large_binary()), ("error_kind", pa.string()), ("error", pa.string())])
 # One row per photo after the model: its output rows (nested), and the bytes the thumbnails need.
-RUN_COLUMNS = ("source_size", "source_mtime_ns", "run_id", "processed_at")
-CROPPED = pa.schema([("key", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()), ("source", pa.large_binary()),
+RUN_COLUMNS = ("source_size", "source_mtime_ns", "source_etag", "run_id", "processed_at")
+CROPPED = pa.schema([("key", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()), ("etag", pa.string()),
+                     ("source", pa.large_binary()),
                      ("rows", pa.list_(pa.struct([f for f in SCHEMA if f.name not in RUN_COLUMNS])))])
 
 
@@ -161,8 +162,8 @@ class CropWorker:
                 for r, c in zip(ratios, crops):
                     rows[i].append(error_row(key, "crop", c, self.version, size, ratio=r) if isinstance(c, str)
                                    else crop_row(key, size, r, c, self.version))
-        return pa.Table.from_pylist([{"key": p["key"], "size": p["size"], "mtime_ns": p["mtime_ns"], "source": p["source"],
-                                      "rows": r} for p, r in zip(photos, rows)], schema=CROPPED)
+        return pa.Table.from_pylist([{"key": p["key"], "size": p["size"], "mtime_ns": p["mtime_ns"], "etag": p.get("etag"),
+                                      "source": p["source"], "rows": r} for p, r in zip(photos, rows)], schema=CROPPED)
 
 
 class Finisher:
@@ -183,7 +184,8 @@ class Finisher:
         out = []
         for p in photos:
             for row in p["rows"]:
-                row.update(source_size=p["size"], source_mtime_ns=p["mtime_ns"], run_id=self.spec.run_id, processed_at=now)
+                row.update(source_size=p["size"], source_mtime_ns=p["mtime_ns"], source_etag=p.get("etag"),
+                           run_id=self.spec.run_id, processed_at=now)
                 out.append(row)
         if self.spec.progress is not None:  # fire and forget: progress never slows the batch
             failed = {r["key"] for r in out if r["error_kind"] is not None}
@@ -208,6 +210,8 @@ class Finisher:
                 write_bytes(fs, thumbnail_path(self.thumbs.root, r["key"], r["ratio"]),
                             thumbnail_jpeg(image, box, self.spec.job.thumb_width), "image/jpeg")
                 r["thumbnail"] = self.thumbs.uri_of(r["key"], r["ratio"])
+            except PhotoError as e:  # a key that cannot name a thumbnail: not the store's fault, not retried
+                r["error_kind"], r["error"] = e.kind, f"thumbnail: {reason(e)}"
             except Exception as e:
                 r["error_kind"], r["error"] = "thumbnail", f"thumbnail: {reason(e)}"
 

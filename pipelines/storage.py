@@ -70,10 +70,47 @@ class InputFile:
     path: str  # path inside the filesystem, for reading
     size: int
     mtime_ns: int = 0  # last modified (S3: LastModified); with size, what tells a replaced photo
+    etag: str | None = None  # S3's ETag (None on a local disk): changes with the content, whatever size and mtime do
+
+
+def s3_client(loc: Location):
+    """A boto3 client for ``loc``'s store (the same endpoint and credentials chain as its filesystem)."""
+    import boto3
+
+    endpoint = loc.endpoint_url or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    return boto3.client("s3", endpoint_url=endpoint, region_name=region or ("us-east-1" if endpoint else None))
+
+
+def _list_s3(loc: Location) -> list[InputFile]:
+    """ListObjectsV2 under the root: size, LastModified and the ETag pyarrow's listing does not give."""
+    bucket, _, prefix = loc.root.partition("/")
+    client = s3_client(loc)
+    try:
+        head = client.head_object(Bucket=bucket, Key=prefix) if prefix else None
+    except client.exceptions.ClientError:
+        head = None
+    if head is not None:  # the input is one object
+        items = [{"Key": prefix, "Size": head["ContentLength"], "LastModified": head["LastModified"], "ETag": head.get("ETag")}]
+    else:
+        items = []
+        folder = prefix.rstrip("/") + "/" if prefix else ""
+        for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=folder):
+            items += [o for o in page.get("Contents", []) if not o["Key"].endswith("/")]  # folder markers skipped
+        if not items:
+            client.head_bucket(Bucket=bucket)  # a missing bucket raises here
+            if prefix:
+                raise FileNotFoundError(f"input {loc.uri} does not exist")
+    return [InputFile(key=o["Key"], path=f"{bucket}/{o['Key']}", size=int(o["Size"]),
+                      mtime_ns=int(o["LastModified"].timestamp() * 1e9), etag=(o.get("ETag") or "").strip('"') or None)
+            for o in items]
 
 
 def list_inputs(loc: Location, fs: pafs.FileSystem | None = None) -> list[InputFile]:
-    """Every file under the input root, sorted by key; directories (and S3 folder markers) are skipped."""
+    """Every file under the input root, sorted by key; directories (and S3 folder markers) are skipped.
+    On S3 the listing is S3's own (ListObjectsV2), which carries each object's ETag."""
+    if loc.is_s3 and fs is None:
+        return sorted(_list_s3(loc), key=lambda f: f.key)
     fs = fs or loc.filesystem()
     root = loc.root
     info = fs.get_file_info(root)
@@ -156,10 +193,38 @@ def drop_keys(loc: Location, keys: set[str], fs: pafs.FileSystem | None = None) 
     return dropped
 
 
-def delete_tree(loc: Location, fs: pafs.FileSystem | None = None) -> None:
-    fs = fs or loc.filesystem()
-    if fs.get_file_info(loc.root).type == pafs.FileType.Directory:
-        fs.delete_dir_contents(loc.root, missing_dir_ok=True)
+def delete_thumbnails(thumbs: Location, uris: list[str | None], fs: pafs.FileSystem | None = None) -> int:
+    """Deletes the thumbnails named by output rows (their ``thumbnail`` URIs), only those inside
+    ``thumbs``' root; returns how many were there."""
+    fs = fs or thumbs.filesystem()
+    root = thumbs.root.rstrip("/") + "/"
+    gone = 0
+    for uri in {u for u in uris if u}:
+        path = uri[len("s3://"):] if uri.startswith("s3://") else uri
+        if not path.startswith(root) or "/../" in path:
+            continue
+        try:
+            if fs.get_file_info(path).type == pafs.FileType.File:
+                fs.delete_file(path)
+                gone += 1
+        except OSError:
+            pass
+    return gone
+
+
+def delete_job_output(out: Location, thumbs: Location | None) -> tuple[int, int]:
+    """What --overwrite removes: the Parquet files under ``out`` and the thumbnails their rows name.
+    Anything else under either location (a backup, another tool's files) stays. -> (files, thumbnails)."""
+    fs = out.filesystem()
+    thumbnails = 0
+    if thumbs is not None:
+        table = read_output(out, ["thumbnail"], fs, missing_ok=True)
+        if "thumbnail" in table.column_names:
+            thumbnails = delete_thumbnails(thumbs, table.column("thumbnail").to_pylist())
+    files = parquet_files(out, fs)
+    for f in files:
+        fs.delete_file(f)
+    return len(files), thumbnails
 
 
 def write_bytes(fs: pafs.FileSystem, path: str, data: bytes, content_type: str | None = None) -> None:
