@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from pipelines.config import JobConfig, ModelSpec
+from pipelines.config import JobConfig, ModelSpec, option_problems
 from pipelines.lease import Lease, LeaseHeld, owner_name
 from pipelines.photos import SCHEMA, TRANSIENT_KINDS
 from pipelines.progress import Counter, ProgressReporter
@@ -281,20 +281,21 @@ RAY_ACTOR_ARGS_NOTE = ("crop_bucket note: Ray will log one 'E ... core_worker.cc
 
 
 def connect_or_start(address: str | None) -> bool:
-    """Connects to the given cluster, $RAY_ADDRESS, or a running local one; else starts a local Ray.
+    """Connects to the cluster ``address`` (or $RAY_ADDRESS; "auto" is the one running on this machine,
+    as on a cluster's head node), shipping the ``pipelines`` package to its workers; else starts a
+    Ray of its own, never joining another application's local cluster (a Serve app's, say) by chance.
     True when it started one here (its workers then inherit this driver's environment)."""
     import ray
 
+    import pipelines
+
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address)
+        # a shared cluster's workers may lack this checkout: the job's own code travels with it
+        ray.init(address=address, runtime_env={"py_modules": [os.path.dirname(pipelines.__file__)]})
         return False
-    try:
-        ray.init(address="auto")
-        return False
-    except ConnectionError:
-        ray.init()
-        return True
+    ray.init(address="local", include_dashboard=False)
+    return True
 
 
 def file_metadata(model: ModelSpec, version: str, ratios: list[str], run_id: str) -> dict[str, str]:
@@ -347,6 +348,12 @@ def run(cfg: JobConfig) -> Summary:
     """Run the job on the current Ray cluster (``ray.init()`` is called if needed) and check its output,
     holding the output's lease (``pipelines.lease``) throughout."""
     ratios = normalize_ratios(cfg.ratios)
+    import ray
+
+    local = not (ray.is_initialized() or cfg.ray_address or os.environ.get("RAY_ADDRESS"))
+    problems = option_problems(cfg, local)
+    if problems:  # before any listing or Ray: one line, exit 2
+        raise StartupError("; ".join(problems))
     files = check_locations(cfg)
     regions = read_regions(cfg)
     out = Location(cfg.output, cfg.endpoint_url)

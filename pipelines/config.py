@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from pipelines.photos import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
@@ -48,6 +48,22 @@ class ModelSpec:
             return {}
         keep = ("config", "init", "training_command", "test_metrics")
         return {k: card[k] for k in keep if k in card} | {"subject_heads": bool(card.get("subject_heads"))}
+
+    def problems(self) -> list[str]:
+        """What is wrong with the weights, found on the driver before any actor tries to load them."""
+        from s2cnet.checkpoint import load_checkpoint
+        from s2cnet.cropper import DEFAULT_WEIGHTS
+
+        path = Path(self.weights) if self.weights else DEFAULT_WEIGHTS
+        if not path.exists():
+            return [] if self.untrained_ok else [f"--weights: no S2CNet weights at {path} (pass --weights PATH)"]
+        if not path.is_file():
+            return [f"--weights {path} is not a file"]
+        try:
+            load_checkpoint(path)
+        except Exception as e:
+            return [f"--weights {path} is not an S2CNet weights file ({type(e).__name__}: {' '.join(str(e).split())[:160]})"]
+        return []
 
     def build(self):
         from s2cnet.cropper import DEFAULT_WEIGHTS, Cropper
@@ -119,9 +135,56 @@ class JobConfig:
     partition_by_date: bool = _opt(False, "write each run's files under processed_date=YYYY-MM-DD/ (Hive style: "
                                           "pyarrow, DuckDB and Spark read the date as a column and can prune by it)")
     progress: bool = _opt(True, "no progress bars", flag="--no-progress")
-    ray_address: str | None = _opt(None, "Ray cluster address (default: $RAY_ADDRESS, a running local cluster, or new)",
+    ray_address: str | None = _opt(None, "Ray cluster to run on: 'auto' (the one on this machine, e.g. a cluster's head) "
+                                         "or HOST:PORT (default: $RAY_ADDRESS, else a new local Ray of the job's own)",
                                    flag="--address")
     forward_aws_env: bool = _opt(True, "do not pass this shell's AWS_* variables to the Ray workers",
                                  flag="--no-forward-aws-env")
     wait_for_actors_s: float | None = _opt(None, "start cropping only once all actors are up (default: as soon as one is)",
                                            flag="--wait-for-actors")
+
+
+POSITIVE = ("batch_size", "rows_per_file", "thumb_width", "block_photos", "max_pixels", "max_bytes", "min_actors")
+
+
+def option_problems(cfg: JobConfig, local: bool) -> list[str]:
+    """Every bad option, in words, found before Ray starts (an empty list: the job can start).
+    ``local``: the job will run on a Ray it starts on this machine, so resources must fit here."""
+    import math
+    import os
+
+    flag = lambda name: next((f.metadata.get("flag") for f in fields(JobConfig) if f.name == name), None) or (  # noqa: E731
+        "--" + name.replace("_", "-"))
+    out = []
+    for name in POSITIVE:
+        v = getattr(cfg, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            out.append(f"{flag(name)} must be a whole number of at least 1, got {v!r}")
+    for name in ("actors", "limit"):
+        v = getattr(cfg, name)
+        if v is not None and (not isinstance(v, int) or v < 1):
+            out.append(f"{flag(name)} must be a whole number of at least 1, got {v!r}")
+    for name in ("cpus_per_actor", "cpus_per_io_task"):
+        v = getattr(cfg, name)
+        if not isinstance(v, int | float) or not math.isfinite(v) or v <= 0:
+            out.append(f"{flag(name)} must be a number above 0, got {v!r}")
+        elif local and v > (os.cpu_count() or 1):
+            out.append(f"{flag(name)} {v:g} is more than this machine's {os.cpu_count()} CPUs: no worker could start")
+    gpus = cfg.gpus_per_actor
+    if gpus is not None and (not math.isfinite(gpus) or gpus < 0):
+        out.append(f"--gpus-per-actor must be 0 or more, got {gpus!r}")
+    elif gpus and local:
+        import torch
+
+        if not torch.cuda.is_available() or torch.cuda.device_count() < math.ceil(gpus):
+            out.append(f"--gpus-per-actor {gpus:g} asks for GPUs this machine does not have (torch sees "
+                       f"{torch.cuda.device_count() if torch.cuda.is_available() else 0})")
+    rate = cfg.max_error_rate
+    if not isinstance(rate, int | float) or not math.isfinite(rate) or not 0 <= rate <= 1:
+        out.append(f"--max-error-rate must be a share between 0 and 1, got {rate!r}")
+    if cfg.wait_for_actors_s is not None and not (math.isfinite(cfg.wait_for_actors_s) and cfg.wait_for_actors_s > 0):
+        out.append(f"--wait-for-actors must be a number of seconds above 0, got {cfg.wait_for_actors_s!r}")
+    if cfg.resume and cfg.overwrite:
+        out.append("--resume and --overwrite contradict each other: give one")
+    out += cfg.model.problems()
+    return out

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -141,7 +141,12 @@ class Cropper:
     def to(self, device: str | torch.device) -> Cropper:
         """Moves the scorer (and a proposer that reads its features) to ``device``, e.g. "cuda". Photos
         are still decoded on the CPU; scores and boxes come back as NumPy arrays."""
-        device = torch.device(device)
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError) as e:
+            raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}") from e
+        if device.type not in ("cpu", "cuda"):
+            raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
         if device.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError("device 'cuda' asked for, but torch sees no CUDA device")
         self.model.to(device)
@@ -174,7 +179,13 @@ class Cropper:
         path = Path(path) if path is not None else DEFAULT_WEIGHTS
         if not path.exists():
             raise FileNotFoundError(f"no S2CNet weights at {path}")
-        model, ck = load_checkpoint(path)
+        if not path.is_file():  # a directory, or a FIFO that would block the load forever
+            raise ValueError(f"S2CNet weights must be a regular file, got {path}")
+        try:
+            model, ck = load_checkpoint(path)
+        except Exception as e:
+            raise ValueError(f"{path} is not an S2CNet weights file ({type(e).__name__}: "
+                             f"{' '.join(str(e).split())[:160]})") from e
         version = weights_version(path)
         if proposer == "default":
             from s2cnet.proposals import default_proposer
@@ -389,6 +400,7 @@ class Cropper:
         unreadable image; callers that must not lose the rest (the pipeline, the service) call
         ``crop`` per image or catch ``ImageLoadError`` themselves.
         """
+        images = list(images)  # any iterable of images (a generator too)
         per_image = lambda v: [None] * len(images) if v is None else list(v)  # noqa: E731
         given = [per_image(v) for v in (objects, keep, focus)]
         for name, v in zip(("objects", "keep", "focus"), given):
@@ -402,6 +414,8 @@ class Cropper:
 
     def _analyses(self, images: Sequence, ratios: Sequence[str] | None, objects: list, keeps: list,
                   focuses: list) -> Iterator[Analysis]:
+        if ratios is not None and not isinstance(ratios, str) and not isinstance(ratios, Iterable):
+            raise ValueError(f"ratios must be a 'W:H' string, a sequence of them, or None; got {ratios!r}")
         keys = [None] if ratios is None else [ratios] if isinstance(ratios, str) else list(ratios)
         keys = list(dict.fromkeys(None if r is None else canonical_ratio(r) for r in keys))  # '8:6' -> '4:3', once each
         if not keys:

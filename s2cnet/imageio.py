@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 import warnings
 from dataclasses import dataclass
 from enum import Enum
@@ -137,6 +138,9 @@ def open_image(src: ImageSource, target_short_side: int | None = None,
         return _open_and_decode(io.BytesIO(data), data[:64], target, max_pixels, source=None)
     if isinstance(src, (str, os.PathLike)):
         return _open_path(Path(src), target, max_pixels)
+    if isinstance(src, io.TextIOBase):
+        raise ImageLoadError(f"{getattr(src, 'name', 'the file')} is open in text mode: open images with 'rb'",
+                             getattr(src, "name", None), ErrorKind.BAD_ARGUMENT)
     if hasattr(src, "read"):
         fp = src if _seekable(src) else io.BytesIO(src.read())
         start = fp.tell()
@@ -169,9 +173,12 @@ Target = tuple[int, int] | None
 def _open_path(path: Path, target: Target, max_pixels: int | None) -> LoadedImage:
     source = str(path)
     try:
-        size = path.stat().st_size
+        st = path.stat()
+        size = st.st_size
         if path.is_dir():
             raise ImageLoadError("is a directory, not an image file", source, ErrorKind.UNREADABLE)
+        if not stat.S_ISREG(st.st_mode):  # a FIFO, socket or device: opening it could block forever
+            raise ImageLoadError("not a regular file (a pipe, socket or device)", source, ErrorKind.UNREADABLE)
         with path.open("rb") as f:
             if size == 0:
                 raise ImageLoadError("empty file (0 bytes)", source, ErrorKind.EMPTY)

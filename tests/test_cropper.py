@@ -485,3 +485,31 @@ def test_the_choice_keeps_more_of_the_saliency_mass_within_the_margin(cropper: C
         assert s[j] >= s.max() - keen.integrity_margin  # never outside the margin, however large the weight
         moved += y.box != x.box
     assert moved, "control: with the whole mass on the top edge some ratio's choice should move up"
+
+
+def test_hostile_arguments_raise_value_errors_and_nothing_blocks(cropper: Cropper, tmp_path) -> None:
+    """Every documented bad argument is a ValueError (ImageLoadError is one) with a reason; a FIFO given
+    as a photo or as weights is refused at once instead of blocking the open forever."""
+    import os
+
+    photo = tmp_path / "a.jpg"
+    Image.new("RGB", (320, 240), "gray").save(photo)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with open(photo) as text_mode:
+        cases = [
+            (lambda: cropper.crop(str(fifo), "1:1"), "not a regular file"),
+            (lambda: Cropper.from_pretrained(str(fifo)), "regular file"),
+            (lambda: Cropper.from_pretrained(str(tmp_path)), "regular file"),
+            (lambda: Cropper.from_pretrained(str(photo)), "not an S2CNet weights file"),
+            (lambda: Cropper.from_pretrained(device="meta"), "device must be"),
+            (lambda: cropper.crop(text_mode, "1:1"), "text mode"),
+            (lambda: cropper.crop(str(photo), 0), "ratios must be"),
+            (lambda: cropper.crop(str(photo), "1:1", objects=[1, 2, 3]), "objects must be"),
+        ]
+        for call, reason in cases:
+            with pytest.raises(ValueError, match=reason):
+                call()
+    assert len(cropper.crop(str(photo), ["1:1"] * 1000)) == 1  # duplicates merged: one crop, one scoring
+    assert len(cropper.crop(str(photo), (r for r in ["1:1", "16:9"]))) == 2  # any iterable of ratios
+    assert len(cropper.crop_batch((p for p in [str(photo)] * 2), ["1:1"])) == 2  # and of photos

@@ -42,6 +42,46 @@ def pairs(out) -> list[tuple]:
     return sorted((r["key"], r["ratio"]) for r in rows)
 
 
+# -- options -------------------------------------------------------------------------------------------
+BAD_OPTIONS = [(["--batch-size", "0"], "--batch-size must be a whole number of at least 1"),
+               (["--rows-per-file", "0"], "--rows-per-file must be"), (["--thumb-width", "0"], "--thumb-width must be"),
+               (["--actors", "-3"], "--actors must be"), (["--limit", "0"], "--limit must be"),
+               (["--cpus-per-actor", "0"], "--cpus-per-actor must be a number above 0"),
+               (["--cpus-per-actor", "64"], "more than this machine's"),
+               (["--max-error-rate", "nan"], "--max-error-rate must be a share between 0 and 1"),
+               (["--max-error-rate", "1.5"], "--max-error-rate must be"),
+               (["--weights", "missing.pt"], "no S2CNet weights at missing.pt"),
+               (["--weights", "PHOTO"], "is not an S2CNet weights file"),
+               (["--resume", "--overwrite"], "contradict")]
+
+
+@pytest.mark.parametrize("argv,says", BAD_OPTIONS, ids=[" ".join(a) for a, _ in BAD_OPTIONS])
+def test_a_bad_option_exits_2_with_one_line_before_ray(tmp_path, capsys, argv, says):
+    import ray
+
+    from pipelines.crop_bucket import main
+
+    photos(tmp_path / "photos", 1)
+    argv = [str(tmp_path / "photos" / "0.jpg") if a == "PHOTO" else a for a in argv]
+    had_ray = ray.is_initialized()
+    code = main(["--input", str(tmp_path / "photos"), "--output", str(tmp_path / "crops"), "--no-progress", *argv])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and says in err, err
+    assert ray.is_initialized() == had_ray  # refused before any Ray
+    assert not (tmp_path / "crops").exists()  # and before the output was touched
+
+
+def test_a_gpu_this_machine_lacks_is_refused_for_a_local_run(model):
+    import torch
+
+    from pipelines.config import option_problems
+
+    cfg = JobConfig(input="in", output="out", gpus_per_actor=1, model=model[0])
+    problems = option_problems(cfg, local=True)
+    assert bool(problems) != torch.cuda.is_available(), problems
+    assert option_problems(cfg, local=False) == []  # a cluster's autoscaler may add GPU nodes
+
+
 # -- the lease -----------------------------------------------------------------------------------------
 def test_a_live_lease_refuses_a_second_writer_and_an_expired_one_is_taken(tmp_path):
     out = Location(str(tmp_path / "crops"))
