@@ -348,10 +348,7 @@ def run(cfg: JobConfig) -> Summary:
     """Run the job on the current Ray cluster (``ray.init()`` is called if needed) and check its output,
     holding the output's lease (``pipelines.lease``) throughout."""
     ratios = normalize_ratios(cfg.ratios)
-    import ray
-
-    local = not (ray.is_initialized() or cfg.ray_address or os.environ.get("RAY_ADDRESS"))
-    problems = option_problems(cfg, local)
+    problems = option_problems(cfg, runs_on_this_machine(cfg))
     if problems:  # before any listing or Ray: one line, exit 2
         raise StartupError("; ".join(problems))
     files = check_locations(cfg)
@@ -366,6 +363,17 @@ def run(cfg: JobConfig) -> Summary:
         raise StartupError(str(e)) from None
     with lease:
         return _run_leased(cfg, ratios, files, regions, out, now, run_id)
+
+
+def runs_on_this_machine(cfg: JobConfig) -> bool:
+    """Whether the job's Ray is this machine alone (a Ray it will start, or an in-process one with a
+    single node here), so resources must fit this machine; a cluster's autoscaler may add nodes."""
+    import ray
+
+    if not ray.is_initialized():
+        return not (cfg.ray_address or os.environ.get("RAY_ADDRESS"))
+    alive = [n for n in ray.nodes() if n.get("Alive")]
+    return len(alive) == 1 and alive[0].get("NodeManagerAddress") == ray.util.get_node_ip_address()
 
 
 def remove_taken_down(out: Location, thumbs: Location | None, done: dict[str, list[dict]], files: list[InputFile]) -> int:

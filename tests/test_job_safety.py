@@ -71,6 +71,16 @@ def test_a_bad_option_exits_2_with_one_line_before_ray(tmp_path, capsys, argv, s
     assert not (tmp_path / "crops").exists()  # and before the output was touched
 
 
+def test_resources_this_machine_lacks_are_refused_with_ray_already_up_here(ray_session, tmp_path, capsys):
+    """An in-process Ray on this machine alone (as in a notebook) is this machine: nothing would ever fit."""
+    from pipelines.crop_bucket import main
+
+    photos(tmp_path / "photos", 1)
+    code = main(["--input", str(tmp_path / "photos"), "--output", str(tmp_path / "crops"), "--no-progress",
+                 "--cpus-per-actor", "64"])
+    assert code == 2 and "more than this machine's" in capsys.readouterr().err
+
+
 def test_a_gpu_this_machine_lacks_is_refused_for_a_local_run(model):
     import torch
 
