@@ -220,29 +220,34 @@ def build_app(service: CropService, crop: CropFn | None = None) -> FastAPI:
                             headers={"X-Batch-Size": str(batch)})
 
     @app.api_route("/v1/thumbnail", methods=["GET", "HEAD"], responses={**ERROR_RESPONSES, 200: THUMBNAIL_BODY},
-                   summary="A stored photo's crop at one ratio, resized (HEAD: its headers only)")
-    async def thumbnail(request: Request, key: str, ratio: str, width: int, format: str = "jpeg") -> Response:
+                   summary="A stored photo's crop at one ratio, resized (HEAD: the headers GET would send)")
+    async def thumbnail(request: Request, key: str, ratio: str, width: str, format: str = "jpeg") -> Response:
         ratio = service.parse_ratio(ratio)
+        width = service.parse_width(width)
         _, media_type = service.thumbnail_format(format)
         service.thumbnail_size(ratio, width)
         service.check_key(key)
         source_etag = await store_call(service.reader.head, key)
         etag = service.thumbnail_etag(key, source_etag, ratio, width, format)
         headers = {"ETag": etag, "Cache-Control": f"public, max-age={s.cache_max_age}"}
-        if etag_matches(request.headers.get("if-none-match", ""), etag):
+        # A 304 vouches that the thumbnail exists: only once a GET has made one from this very object
+        # (its box is cached under the object's ETag); a broken object never gets one, so a CDN never
+        # caches a thumbnail that does not exist.
+        made = service.cached_box(key, source_etag, ratio) is not None
+        if made and etag_matches(request.headers.get("if-none-match", ""), etag):
             return Response(status_code=304, headers=headers)
-        if request.method == "HEAD":  # what a GET would answer, without fetching or rendering
-            return Response(status_code=200, media_type=media_type, headers=headers)
         obj = await store_call(service.reader.get, key)
         if obj.etag != source_etag:  # replaced between HEAD and GET: describe what we serve
             headers["ETag"] = service.thumbnail_etag(key, obj.etag, ratio, width, format)
-        image = (await asyncio.to_thread(service.decode, obj.data, True)).image
+        image = (await asyncio.to_thread(service.decode, obj.data, True, True)).image
         box = service.cached_box(key, obj.etag, ratio)
         if box is None:
             # the cropper decodes the bytes itself, exactly as for POST /v1/crops: same photo, same box
             box = (await best_crops(obj.data, image.size, [ratio]))[0][0].box
             service.remember_box(key, obj.etag, ratio, box)
         data = await asyncio.to_thread(service.render_thumbnail, image, box, ratio, width, format)
+        if request.method == "HEAD":  # RFC 9110: the headers a GET would send, its length included
+            return Response(status_code=200, media_type=media_type, headers={**headers, "Content-Length": str(len(data))})
         return Response(data, media_type=media_type, headers=headers)
 
     return app

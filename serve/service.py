@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -110,7 +111,7 @@ class CropService:
         if n > self.settings.max_body_bytes:
             raise ServiceError(413, f"body is over the {self.settings.max_body_bytes} byte limit")
 
-    def decode(self, data: bytes, full_size: bool = False) -> LoadedImage:
+    def decode(self, data: bytes, full_size: bool = False, stored: bool = False) -> LoadedImage:
         """Bytes -> upright RGB via the shared loader; 413 too big, 415 not an image, 422 corrupt.
 
         full_size=False runs the Cropper's image-only stage (``s2cnet.image_stage``): a decode only as
@@ -119,7 +120,8 @@ class CropService:
         """
         self.check_body_size(len(data))
         if not data:
-            raise ServiceError(422, "empty body: send the image bytes (raw body or multipart form field)")
+            raise ServiceError(422, "the stored object is empty (0 bytes)" if stored
+                               else "empty body: send the image bytes (raw body or multipart form field)")
         try:
             if full_size:
                 return open_image(data, max_pixels=self.settings.max_pixels)
@@ -213,6 +215,17 @@ class CropService:
                 "timing_ms": {k: round(v, 2) for k, v in timing_ms.items()}}
 
     # -- thumbnails ------------------------------------------------------------------------------------
+    def parse_width(self, text: str) -> int:
+        """The thumbnail width as the query gives it: plain ASCII digits only (not '320.0', '+320',
+        ' 320' or '3_20', which would make other cache keys for the same thumbnail)."""
+        if not re.fullmatch(r"[0-9]+", text or ""):
+            shown = text if len(text or "") <= 24 else text[:24] + "..."
+            raise ServiceError(422, f"thumbnail width must be a whole number of pixels in digits, got {shown!r}")
+        if len(text) > 12:  # refused by its length: no arithmetic on a 309-digit width
+            raise ServiceError(422, f"thumbnail width must be 1..{self.settings.max_thumbnail_width} pixels, "
+                                    f"got a {len(text)}-digit number")
+        return int(text)
+
     def thumbnail_size(self, ratio: str, width: int) -> tuple[int, int]:
         a, b = parse_ratio(ratio)
         limit = self.settings.max_thumbnail_width

@@ -211,6 +211,33 @@ def test_head_thumbnail_and_conditional_forms(live):
         assert cached.status_code == 304, tag
     missing = requests.head(live["url"] + "/v1/thumbnail", params={"key": "ugc/missing.jpg", "ratio": "1:1", "width": 9})
     assert missing.status_code == 404
+    assert int(head.headers["content-length"]) == len(r.content)  # RFC 9110: what GET would send
+
+
+@pytest.mark.parametrize("width", ["320.0", "+320", " 320", "3_20", "0x140", "３２０"])
+def test_a_width_is_digits_only(live, width):
+    r = _thumb(live, width=width)
+    assert r.status_code == 422 and "whole number of pixels" in r.json()["detail"], r.text
+
+
+def test_an_empty_stored_object_is_named_as_such(live, local_s3):
+    local_s3.client().put_object(Bucket=BUCKET, Key="ugc/empty.jpg", Body=b"")
+    r = requests.get(live["url"] + "/v1/thumbnail", params={"key": "ugc/empty.jpg", "ratio": "1:1", "width": 64})
+    assert r.status_code == 422 and r.json()["detail"] == "the stored object is empty (0 bytes)"
+
+
+def test_head_and_conditional_get_never_vouch_for_a_broken_object(live, local_s3):
+    """HEAD and If-None-Match answer as GET does for a stored object that is not a usable photo."""
+    client = local_s3.client()
+    broken = {"ugc/broken-text.jpg": b"hello, I am text", "ugc/broken-tiny.png": encode(Image.new("RGB", (1, 1)), "PNG")}
+    for key, data in broken.items():
+        client.put_object(Bucket=BUCKET, Key=key, Body=data)
+        params = {"key": key, "ratio": "16:9", "width": 64}
+        get = requests.get(live["url"] + "/v1/thumbnail", params=params)
+        head = requests.head(live["url"] + "/v1/thumbnail", params=params)
+        star = requests.get(live["url"] + "/v1/thumbnail", params=params, headers={"If-None-Match": "*"})
+        assert get.status_code >= 400 and head.status_code == get.status_code and star.status_code == get.status_code, key
+        assert "max-age" not in head.headers.get("cache-control", ""), key
 
 
 def test_stalled_uploads_neither_block_health_nor_crops(live):
