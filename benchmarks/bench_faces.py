@@ -197,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--limit", type=int, default=None, help="held-out photos (default: all)")
     ap.add_argument("--no-crops", action="store_true", help="only the detector table")
     ap.add_argument("--face-side", type=int, default=None, help="the detector's long side (default: the shipped one)")
+    ap.add_argument("--fp32", action="store_true", help="float32 throughout, even where the CPU has bfloat16")
     ap.add_argument("--ugc-only", action="store_true", help="crops: ugc-crop alone (no peers), e.g. to compare --face-side")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -204,8 +205,9 @@ def main(argv: list[str] | None = None) -> None:
     photos = [(pid, p) for pid, p in photo_list(args.data) if pid in held][: args.limit]
     truth = teacher_faces(photos, args.data, args.cache)
     detector = LibFaceDetection(side=args.face_side) if args.face_side else "default"
-    cropper = Cropper.from_pretrained(args.weights, bf16=False, face_detector=detector)
-    heads_cropper = Cropper.from_pretrained(args.weights, bf16=False, face_detector=None)
+    bf16 = False if args.fp32 else None  # None: the product's own choice (bfloat16 where the CPU has it)
+    cropper = Cropper.from_pretrained(args.weights, bf16=bf16, face_detector=detector)
+    heads_cropper = Cropper.from_pretrained(args.weights, bf16=bf16, face_detector=None)
     detectors(photos, truth, heads_cropper, cropper.face_detector)
     if args.no_crops:
         return
