@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -102,6 +103,12 @@ def summary_dict(summary) -> dict:
             "photos_per_s": round(summary.photos_per_s, 3), "errors": dict(summary.errors), "output": summary.output}
 
 
+def exit_on_sigterm() -> None:
+    """SIGTERM (a scheduler stopping the job, ``kill PID``) unwinds like Ctrl-C: the output's lease is
+    released and the Ray this driver started is shut down (Ray's atexit hook) instead of left behind."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.demo:
@@ -127,4 +134,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    exit_on_sigterm()
     sys.exit(main())

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import time
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -190,11 +191,18 @@ def test_s3_listing_carries_etags_into_the_rows(ray_session, local_s3, model, tm
         client.put_object(Bucket="safety", Key="in/ok.jpg", Body=bytes(data))
         assert run(cfg).planned == 1
         now = list_inputs(Location("s3://safety/in/", local_s3.endpoint_url))[0]
+        rows = read_output(Location(cfg.output), SCHEMA.names).to_pylist()
+        assert len(rows) == 1 and rows[0]["source_etag"] == now.etag != listed[0].etag
+        # a takedown on S3: the photo's rows go with the next resume
+        client.put_object(Bucket="safety", Key="in/other.jpg", Body=jpeg.read_bytes())
+        assert run(cfg).planned == 1
+        client.delete_object(Bucket="safety", Key="in/ok.jpg")
+        gone = run(cfg)
+        assert gone.removed == 1 and gone.complete
+        assert [r["key"] for r in read_output(Location(cfg.output), ["key"]).to_pylist()] == ["in/other.jpg"]
     finally:
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-    rows = read_output(Location(cfg.output), SCHEMA.names).to_pylist()
-    assert len(rows) == 1 and rows[0]["source_etag"] == now.etag != listed[0].etag
 
 
 # -- takedowns, --overwrite, duplicates ----------------------------------------------------------------
@@ -240,3 +248,35 @@ def test_duplicated_pairs_anywhere_are_reported_and_a_resume_repairs_them(ray_se
     assert repaired.complete and repaired.duplicates == 0 and repaired.planned == 2
     assert pairs(tmp_path / "crops") == sorted({p for p in pairs(tmp_path / "crops")})  # each pair once
     assert len(pairs(tmp_path / "crops")) == 4
+
+
+def test_a_terminated_driver_releases_its_lease_and_leaves_no_ray_behind(tmp_path, model):
+    """SIGTERM mid-run (a scheduler stopping the job): the lease is gone and every process of the Ray
+    the driver started has exited, so the next run starts at once."""
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    photos(tmp_path / "photos", 40)
+    script = Path(__file__).resolve().parents[1] / "pipelines" / "crop_bucket.py"
+    proc = subprocess.Popen([sys.executable, str(script), "--input", str(tmp_path / "photos"), "--output",
+                             str(tmp_path / "crops"), "--no-progress", "--actors", "1", *model[1]],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lease = tmp_path / "crops" / LEASE_NAME
+    deadline = time.time() + 90
+    family: set[int] = set()
+    while time.time() < deadline and len(family) < 3:  # Ray's own processes are up: mid-run
+        time.sleep(0.5)
+        family = {c.pid for c in psutil.Process(proc.pid).children(recursive=True)}
+    assert lease.exists() and family
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode in (signal.SIGTERM, 128 + signal.SIGTERM)  # Ray's own handler once it is up, ours before
+    assert not lease.exists()
+    deadline = time.time() + 30
+    while time.time() < deadline and any(psutil.pid_exists(p) and psutil.Process(p).status() != "zombie" for p in family):
+        time.sleep(0.5)
+    left = [psutil.Process(p).name() for p in family if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    assert not left, left
