@@ -71,7 +71,7 @@ def photo_paths(data: Path, limit: int) -> list[Path]:
     return [data / "images" / f"{i}.jpg" for i in ids]
 
 
-def make_worker(method: str, refine: int | None):
+def make_worker(method: str, refine: int | None, faces: bool = True):
     """-> (a function cropping one photo at every ratio, what it is, the Cropper or None)."""
     if method == "smartcrop":
         return smartcrop_all_ratios, "smartcrop.py 0.5 (crop() per ratio)", None
@@ -81,15 +81,17 @@ def make_worker(method: str, refine: int | None):
     from s2cnet import Cropper
 
     kwargs = {} if refine is None else {"refine": refine or None}
+    if not faces:
+        kwargs["face_detector"] = None
     cropper = Cropper.from_pretrained(**kwargs)
     path = (f"coarse-to-fine, graph on {cropper.refine} a ratio" if getattr(cropper, "coarse_to_fine", False)
             else "every candidate through the graph")
-    about = f"{cropper.model_version}, {path}, bf16 {cropper.bf16}"
+    about = f"{cropper.model_version}, {path}, bf16 {cropper.bf16}" + ("" if faces else ", no face detector")
     return (lambda p: cropper.crop(p, RATIOS)), about, cropper
 
 
-def busy_worker(method: str, refine: int | None, paths: list[Path], barrier, results) -> None:
-    crop, about, _ = make_worker(method, refine)
+def busy_worker(method: str, refine: int | None, faces: bool, paths: list[Path], barrier, results) -> None:
+    crop, about, _ = make_worker(method, refine, faces)
     for p in paths[:2]:
         crop(p)  # warm-up
     barrier.wait()
@@ -105,7 +107,8 @@ def busy(method: str, args: argparse.Namespace) -> dict:
     paths = photo_paths(args.data, args.limit) * args.repeat
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(args.workers), ctx.Queue()
-    procs = [ctx.Process(target=busy_worker, args=(method, args.refine, paths[i :: args.workers], barrier, results))
+    procs = [ctx.Process(target=busy_worker, args=(method, args.refine, not args.no_face_detector, paths[i :: args.workers],
+                                                   barrier, results))
              for i in range(args.workers)]
     for p in procs:
         p.start()
@@ -121,7 +124,7 @@ def latency(method: str, args: argparse.Namespace) -> dict:
     """One process, one photo at a time: p50 / p95 ms per photo (all ratios), and the stage table."""
     import numpy as np
 
-    crop, about, cropper = make_worker(method, args.refine)
+    crop, about, cropper = make_worker(method, args.refine, not args.no_face_detector)
     paths = photo_paths(args.data, args.limit)
     crop(paths[0])
     spent = timed_stages(cropper) if cropper is not None and args.stages else None
@@ -143,7 +146,8 @@ def run_child(mode: str, method: str, tree: Path | None, args: argparse.Namespac
         env["PYTHONPATH"] = str(tree.resolve())
     argv = ["--data", str(args.data), "--limit", str(args.limit), "--workers", str(args.workers),
             "--repeat", str(args.repeat), *(["--refine", str(args.refine)] if args.refine is not None else []),
-            *(["--stages"] if args.stages else []), "--child", f"{mode}:{method}"]
+            *(["--stages"] if args.stages else []), *(["--no-face-detector"] if args.no_face_detector else []),
+            "--child", f"{mode}:{method}"]
     done = subprocess.run([sys.executable, str(Path(__file__).resolve()), *argv], check=True, capture_output=True,
                           text=True, env=env, cwd=str(tree.resolve()) if tree is not None else None)
     return json.loads(done.stdout.splitlines()[-1])
@@ -157,6 +161,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="crop the photos this many times in the busy run")
     ap.add_argument("--refine", type=int, default=None, help="Cropper.refine (default: the Cropper's; 0: full path)")
     ap.add_argument("--stages", action="store_true", help="also print ugc-crop's time per photo by stage")
+    ap.add_argument("--no-face-detector", action="store_true", help="ugc-crop with face_detector=None (subject heads only)")
     ap.add_argument("--also", action="append", default=[], metavar="NAME=DIR",
                     help="also measure the ugc-crop of the checkout DIR, labelled NAME (repeatable)")
     ap.add_argument("--child", help=argparse.SUPPRESS)  # MODE:METHOD, JSON out
