@@ -153,6 +153,13 @@ def build_app(service: CropService, crop: CropFn | None = None) -> FastAPI:
     # Object-store calls get their own bounded pool and an overall deadline: a store that never
     # answers costs a thumbnail request seconds (504) and never the threads decoding uploads.
     store_pool = ThreadPoolExecutor(s.store_threads, thread_name_prefix="store")
+    # Decodes in flight per replica: a photo within max_pixels may still take ~200 MB decoded, so
+    # sixteen clients asking for one large photo wait their turn instead of holding sixteen copies.
+    decodes = asyncio.Semaphore(max(1, s.max_decodes))
+
+    async def decoded(*args) -> LoadedImage:
+        async with decodes:
+            return await asyncio.to_thread(service.decode, *args)
 
     async def store_call(fn, *args):
         try:
@@ -209,7 +216,7 @@ def build_app(service: CropService, crop: CropFn | None = None) -> FastAPI:
         t1 = time.perf_counter()
         # Validates (status + reason) and runs the image-only stage (draft-mode decode, faces, model-size
         # pixels); the cropper takes this image and its faces as they are.
-        loaded = await asyncio.to_thread(service.decode, body)
+        loaded = await decoded(body)
         size = loaded.original_size
         regions = service.parse_regions(keep, focus, size) if keep or focus is not None else None
         t2 = time.perf_counter()
@@ -239,7 +246,7 @@ def build_app(service: CropService, crop: CropFn | None = None) -> FastAPI:
         obj = await store_call(service.reader.get, key)
         if obj.etag != source_etag:  # replaced between HEAD and GET: describe what we serve
             headers["ETag"] = service.thumbnail_etag(key, obj.etag, ratio, width, format)
-        image = (await asyncio.to_thread(service.decode, obj.data, True, True)).image
+        image = (await decoded(obj.data, True, True)).image
         box = service.cached_box(key, obj.etag, ratio)
         if box is None:
             # the cropper decodes the bytes itself, exactly as for POST /v1/crops: same photo, same box

@@ -41,6 +41,7 @@ class Settings:
     box_cache_size: int = 2048  # thumbnail crop boxes remembered per replica (per object ETag + ratio)
     store_threads: int = 8  # object-store calls in flight per replica (their own pool, apart from decoding)
     store_deadline_s: float = 8.0  # a thumbnail's store call fails with 504 past this
+    max_decodes: int = 2  # image decodes in flight per replica (each may hold a 64 MP photo, ~200 MB); the rest wait
 
     def allowed_widths(self) -> tuple[int, ...]:
         """The thumbnail width allow-list, empty when any width is allowed."""

@@ -443,3 +443,35 @@ def test_startup_problems_are_one_line_exit_2_before_ray(tmp_path, local_s3, cap
         assert crop_bucket_main([*argv, "--no-progress", "--untrained-ok"]) == 2, argv
         err = capsys.readouterr().err.strip()
         assert message in err and "Traceback" not in err and len(err.splitlines()) == 1, err
+
+
+def test_at_most_max_decodes_decodes_run_at_once(tmp_path):
+    """Many clients at once: the replica holds at most ``max_decodes`` decoded photos, the rest wait."""
+    import threading
+
+    from fastapi.testclient import TestClient
+
+    from s2cnet.cropper import Cropper
+    from serve.routes import build_app
+
+    service = CropService(Settings.load({"max_decodes": 2}, env={}), cropper=Cropper.untrained(), reader=object())
+    inner, lock, now, peak = service.decode, threading.Lock(), [0], [0]
+
+    def slow_decode(*args):
+        with lock:
+            now[0] += 1
+            peak[0] = max(peak[0], now[0])
+        try:
+            time.sleep(0.2)
+            return inner(*args)
+        finally:
+            with lock:
+                now[0] -= 1
+
+    service.decode = slow_decode
+    data = encode(photo(320, 240))
+    with TestClient(build_app(service)) as client, ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda _: client.post("/v1/crops?ratios=1:1", content=data,
+                                                      headers={"content-type": "image/jpeg"}), range(8)))
+    assert [r.status_code for r in replies] == [200] * 8
+    assert peak[0] == 2
