@@ -246,13 +246,18 @@ def build_app(service: CropService, crop: CropFn | None = None) -> FastAPI:
         obj = await store_call(service.reader.get, key)
         if obj.etag != source_etag:  # replaced between HEAD and GET: describe what we serve
             headers["ETag"] = service.thumbnail_etag(key, obj.etag, ratio, width, format)
-        image = (await decoded(obj.data, True, True)).image
         box = service.cached_box(key, obj.etag, ratio)
         if box is None:
-            # the cropper decodes the bytes itself, exactly as for POST /v1/crops: same photo, same box
-            box = (await best_crops(obj.data, image.size, [ratio]))[0][0].box
+            # the image-only stage, exactly as for POST /v1/crops: same photo, same box
+            loaded = await decoded(obj.data, False, True)
+            box = (await best_crops(loaded, loaded.original_size, [ratio]))[0][0].box
             service.remember_box(key, obj.etag, ratio, box)
-        data = await asyncio.to_thread(service.render_thumbnail, image, box, ratio, width, format)
+        # then a decode no larger than this thumbnail needs (JPEG draft mode), never the full 60 MP
+        source = await decoded(obj.data, True, True, service.thumbnail_decode_size(obj.data, box, width))
+        sx = source.image.width / source.original_size[0]
+        sy = source.image.height / source.original_size[1]
+        scaled = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
+        data = await asyncio.to_thread(service.render_thumbnail, source.image, scaled, ratio, width, format)
         if request.method == "HEAD":  # RFC 9110: the headers a GET would send, its length included
             return Response(status_code=200, media_type=media_type, headers={**headers, "Content-Length": str(len(data))})
         return Response(data, media_type=media_type, headers=headers)

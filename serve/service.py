@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import re
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -111,12 +112,14 @@ class CropService:
         if n > self.settings.max_body_bytes:
             raise ServiceError(413, f"body is over the {self.settings.max_body_bytes} byte limit")
 
-    def decode(self, data: bytes, full_size: bool = False, stored: bool = False) -> LoadedImage:
+    def decode(self, data: bytes, full_size: bool = False, stored: bool = False,
+               at_least: tuple[int, int] | None = None) -> LoadedImage:
         """Bytes -> upright RGB via the shared loader; 413 too big, 415 not an image, 422 corrupt.
 
         full_size=False runs the Cropper's image-only stage (``s2cnet.image_stage``): a decode only as
         large as the face detector and the model need (JPEG draft mode), the faces, and model-size
         pixels, which the Cropper then takes as they are; ``original_size`` is still the full upright size.
+        full_size=True with ``at_least`` (short, long side): no larger than that needs.
         """
         self.check_body_size(len(data))
         if not data:
@@ -124,7 +127,8 @@ class CropService:
                                else "empty body: send the image bytes (raw body or multipart form field)")
         try:
             if full_size:
-                return open_image(data, max_pixels=self.settings.max_pixels)
+                short, long = at_least or (None, None)
+                return open_image(data, target_short_side=short, target_long_side=long, max_pixels=self.settings.max_pixels)
             return self.cropper.image_stage(data, max_pixels=self.settings.max_pixels)
         except ImageLoadError as e:
             raise load_error(e) from None
@@ -263,10 +267,24 @@ class CropService:
         while len(self._boxes) > self.settings.box_cache_size:
             self._boxes.popitem(last=False)
 
+    @staticmethod
+    def thumbnail_decode_size(data: bytes, box: Sequence[int], width: int) -> tuple[int, int] | None:
+        """The (short, long) side a decode of the stored photo needs for a ``width``-px thumbnail of
+        ``box`` (full-size pixels), from its header; None: the full size (or an unreadable header, which
+        the decode then names). A 60000x1000 photo's 200-px thumbnail decodes at 1/8 scale."""
+        scale = width / max(1, box[2] - box[0])
+        if scale >= 1:
+            return None
+        try:
+            w, h = Image.open(io.BytesIO(data)).size  # header only; the sides' order does not matter here
+        except Exception:
+            return None
+        return max(1, math.ceil(min(w, h) * scale)), max(1, math.ceil(max(w, h) * scale))
+
     def render_thumbnail(self, image: Image.Image, box: Sequence[int], ratio: str, width: int, fmt: str) -> bytes:
         size = self.thumbnail_size(ratio, width)
         pil_format, _ = self.thumbnail_format(fmt)
-        thumb = image.crop(tuple(box)).resize(size, Image.LANCZOS, reducing_gap=3.0)
+        thumb = image.resize(size, Image.LANCZOS, box=tuple(float(v) for v in box), reducing_gap=3.0)
         buf = io.BytesIO()
         thumb.save(buf, pil_format, quality=85 if pil_format == "JPEG" else 80)
         return buf.getvalue()

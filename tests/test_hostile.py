@@ -10,6 +10,7 @@ one line and exit 2 before Ray starts; transient errors are retried on resume.
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 import time
@@ -475,3 +476,23 @@ def test_at_most_max_decodes_decodes_run_at_once(tmp_path):
                                                       headers={"content-type": "image/jpeg"}), range(8)))
     assert [r.status_code for r in replies] == [200] * 8
     assert peak[0] == 2
+
+
+def test_a_thumbnail_decodes_only_as_large_as_it_needs():
+    """A 6000x1000 JPEG's 200-px thumbnail of a 1000-px-wide crop decodes at 1/4 scale, not at 6 MP;
+    the thumbnail is the same picture as one cut from the full decode."""
+    big = photo(6000, 1000)
+    data = encode(big)
+    service = CropService(Settings.load({}, env={}), cropper=object(), reader=object())
+    box = (2500, 0, 3500, 1000)
+    need = service.thumbnail_decode_size(data, box, 200)
+    assert need == (200, 1200)
+    small = service.decode(data, True, True, need)
+    assert small.original_size == (6000, 1000) and small.image.width < 6000 // 3
+    s = small.image.width / 6000
+    got = service.render_thumbnail(small.image, [v * s for v in box], "1:1", 200, "jpeg")
+    want = service.render_thumbnail(service.decode(data, True, True).image, box, "1:1", 200, "jpeg")
+    a = np.asarray(Image.open(io.BytesIO(got)).convert("RGB"), np.float32)
+    b = np.asarray(Image.open(io.BytesIO(want)).convert("RGB"), np.float32)
+    assert a.shape == b.shape == (200, 200, 3) and np.abs(a - b).mean() < 3.0
+    assert service.thumbnail_decode_size(data, box, 2000) is None  # a larger thumbnail than the crop: full size
