@@ -5,7 +5,7 @@ stopped store; the batch job through a SeaweedFS stop and restart, then --resume
     python benchmarks/bench_faults.py --part serve --seconds 20
 
 Serve: a local Ray (``address="local"``), SeaweedFS on 127.0.0.1 behind the thumbnails, two replicas
-of serve.app.CropDeployment. 32 closed-loop clients (three in four POST /v1/crops with real photos,
+of serve.app (ingress and model deployments). 32 closed-loop clients (three in four POST /v1/crops with real photos,
 one in four GET /v1/thumbnail) run through four phases of ``--seconds`` each: steady; 70 stalled
 uploads held open (headers and 3 body bytes) while a probe times /healthz every 0.5 s; one replica
 SIGKILLed 3 s into the phase; SeaweedFS stopped for the whole phase. Per phase: answers by status,
@@ -70,7 +70,7 @@ def replica_processes() -> list[psutil.Process]:
     found = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if "ServeReplica:faults" in cmd:
+        if "ServeReplica:faults:CropModel" in cmd:  # the model replicas: the ingress retries their requests
             found.append(p)
     return found
 
@@ -153,7 +153,7 @@ def serve_part(args) -> dict:
     from ray import serve
 
     from s2cnet.cropper import DEFAULT_WEIGHTS
-    from serve.app import CropDeployment
+    from serve.app import application
 
     images = photos(16, args.data / "gaicd", 1024)
     store = start_local_s3(buckets=["photos"])
@@ -172,8 +172,10 @@ def serve_part(args) -> dict:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        app = CropDeployment.options(num_replicas=2, autoscaling_config=None,
-                                     ray_actor_options={"num_cpus": os.cpu_count() / 2}).bind(settings)
+        app = application(settings, ingress={"num_replicas": 2, "autoscaling_config": None,
+                                             "ray_actor_options": {"num_cpus": os.cpu_count() / 8}},
+                          model={"num_replicas": 2, "autoscaling_config": None,
+                                 "ray_actor_options": {"num_cpus": 3 * os.cpu_count() / 8}})
         serve.run(app, name="faults", route_prefix="/", blocking=False)
         url = f"http://127.0.0.1:{port}"
         requests.get(url + "/healthz", timeout=60)

@@ -4,7 +4,7 @@
     python benchmarks/bench_serve.py --breakdown                                 # + in-process stage times
 
 Starts its own local Ray (``address="local"``) and Serve on 127.0.0.1:<free port>, deploys
-serve.app.CropDeployment with a fixed replica count (no autoscaling, so figures are repeatable), then
+serve.app's ingress and model deployments with a fixed replica count each (no autoscaling, so figures are repeatable), then
 runs closed-loop clients (each sends its next request when the last one answers) for ``--seconds``
 per concurrency level. Photos are GAICD images resized to ~1 MP when ../shared/data is present,
 else synthetic ones. Weights: committed ones when present, else the seeded untrained model with the
@@ -190,7 +190,7 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from serve.app import CropDeployment
+    from serve.app import application
 
     images = photos(32, args.data)
     settings = {**model_args(args.model), "torch_threads": args.torch_threads, "max_batch_size": args.max_batch_size}
@@ -206,8 +206,11 @@ def main() -> None:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         serve.start(http_options={"host": "127.0.0.1", "port": port})
-        app = CropDeployment.options(num_replicas=args.replicas, autoscaling_config=None,
-                                     ray_actor_options={"num_cpus": os.cpu_count() / args.replicas}).bind(settings)
+        cpus = os.cpu_count() / args.replicas
+        app = application(settings, ingress={"num_replicas": args.replicas, "autoscaling_config": None,
+                                             "ray_actor_options": {"num_cpus": 0.25 * cpus}},
+                          model={"num_replicas": args.replicas, "autoscaling_config": None,
+                                 "ray_actor_options": {"num_cpus": 0.75 * cpus}})
         serve.run(app, name="bench", route_prefix="/", blocking=False)
         url = f"http://127.0.0.1:{port}"
         version = requests.get(url + "/healthz", timeout=30).json()["model_version"]

@@ -24,6 +24,9 @@ class ServiceError(Exception):
         self.status = status
         self.reason = reason
 
+    def __reduce__(self):  # travels from the model deployment to the ingress intact
+        return (type(self), (self.status, self.reason))
+
 
 def load_error(err: ImageLoadError) -> ServiceError:
     """The client-visible form of a load failure: its kind picks the status, its reason is the body."""

@@ -55,7 +55,7 @@ def live(ray_session, local_s3):
     from ray import serve
     from serve_support import APP_NAME, BODY_LIMIT, BUCKET, MAX_PIXELS, PREFIX, encode, free_port, model_settings, photo
 
-    from serve.app import CropDeployment
+    from serve.app import application
 
     local_s3.create_bucket(BUCKET)
     s3 = local_s3.client()
@@ -69,7 +69,8 @@ def live(ray_session, local_s3):
     settings = {**model_settings(), "bucket": BUCKET, "prefix": PREFIX, "endpoint_url": local_s3.endpoint_url,
                 "access_key": local_s3.access_key, "secret_key": local_s3.secret_key, "region": local_s3.region,
                 "max_body_bytes": BODY_LIMIT, "max_pixels": MAX_PIXELS, "thumbnail_widths": ""}
-    app = CropDeployment.options(ray_actor_options={"num_cpus": 0.5}).bind(settings)
+    app = application(settings, ingress={"ray_actor_options": {"num_cpus": 0.25}},
+                      model={"ray_actor_options": {"num_cpus": 0.5}})
     serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120

@@ -496,3 +496,40 @@ def test_a_thumbnail_decodes_only_as_large_as_it_needs():
     b = np.asarray(Image.open(io.BytesIO(want)).convert("RGB"), np.float32)
     assert a.shape == b.shape == (200, 200, 3) and np.abs(a - b).mean() < 3.0
     assert service.thumbnail_decode_size(data, box, 2000) is None  # a larger thumbnail than the crop: full size
+
+
+def test_a_killed_model_replica_costs_a_retry_or_a_503_never_a_500(live):
+    """SIGKILL the model replica while clients post crops: the ingress retries its requests on a live
+    replica (or answers 503 with a reason); nothing hangs, no 500; crops flow again afterwards."""
+    import signal
+
+    import psutil
+    from serve_support import APP_NAME
+
+    def model_replicas() -> list[psutil.Process]:
+        return [p for p in psutil.process_iter(["cmdline"])
+                if f"ServeReplica:{APP_NAME}:CropModel" in " ".join(p.info["cmdline"] or [])]
+
+    data = encode(photo(640, 480))
+    stop, statuses = time.monotonic() + 12, []
+
+    def client() -> None:
+        while time.monotonic() < stop:
+            r = requests.post(live["url"] + "/v1/crops", params={"ratios": "1:1,16:9"}, data=data, timeout=90)
+            statuses.append((r.status_code, r.json().get("detail") if r.status_code != 200 else None))
+
+    victims = model_replicas()
+    assert victims, "no model replica process found"
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(client) for _ in range(4)]
+        time.sleep(3)
+        os.kill(victims[0].pid, signal.SIGKILL)
+        for f in futures:
+            f.result()
+    codes = [c for c, _ in statuses]
+    assert 500 not in codes and set(codes) <= {200, 503}, statuses
+    assert all("retry" in d for c, d in statuses if c == 503)
+    deadline = time.monotonic() + 120
+    while requests.post(live["url"] + "/v1/crops", params={"ratios": "1:1"}, data=data, timeout=90).status_code != 200:
+        assert time.monotonic() < deadline, "crops did not come back after the kill"
+        time.sleep(1)

@@ -322,6 +322,7 @@ def test_serve_numbers_have_one_home():
     from ray.serve.schema import ServeDeploySchema
 
     ServeDeploySchema.model_validate(config)
-    assert deployment_options()["max_ongoing_requests"] == app["deployments"][0]["max_ongoing_requests"]
+    for deployment in app["deployments"]:
+        assert deployment_options(deployment["name"])["max_ongoing_requests"] == deployment["max_ongoing_requests"]
 
 
