@@ -107,7 +107,7 @@ class CropIngress:
                 raise result
             return result, batch_size
         raise ServiceError(503, f"the model was unavailable for {MODEL_ATTEMPTS} attempts (a replica died or "
-                                "is restarting): retry shortly")
+                                "is restarting): retry shortly", headers={"Retry-After": "2"})
 
 
 def application(settings: dict[str, Any] | None = None, ingress: dict[str, Any] | None = None,

@@ -19,13 +19,14 @@ LOAD_STATUS = {
 class ServiceError(Exception):
     """A client-visible failure: ``status`` is the HTTP status, ``reason`` a sentence for the caller."""
 
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.headers = headers or {}  # e.g. Retry-After on a 503
 
     def __reduce__(self):  # travels from the model deployment to the ingress intact
-        return (type(self), (self.status, self.reason))
+        return (type(self), (self.status, self.reason, self.headers))
 
 
 def load_error(err: ImageLoadError) -> ServiceError:

@@ -173,7 +173,7 @@ def build_app(service: CropService, crop: CropFn | None = None) -> FastAPI:
 
     @app.exception_handler(ServiceError)
     async def _service_error(_: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse({"detail": exc.reason}, status_code=exc.status)
+        return JSONResponse({"detail": exc.reason}, status_code=exc.status, headers=exc.headers or None)
 
     @app.exception_handler(RequestValidationError)
     async def _bad_parameter(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -51,7 +51,8 @@ def load_cropper(settings: Settings) -> Cropper:
             proposer = (default_proposer() if SALIENCY_WEIGHTS.exists()
                         else SaliencyProposer(SaliencyNet().eval(), faces=HaarCascade()))
         return Cropper.untrained(proposer=proposer)
-    return Cropper.from_pretrained(settings.weights or None, proposer="default" if settings.proposals else None)
+    return Cropper.from_pretrained(settings.weights or None, proposer="default" if settings.proposals else None,
+                                   device=settings.device or None)
 
 
 class CropService:

@@ -36,6 +36,7 @@ class Settings:
     weights: str = ""  # "" -> Cropper.from_pretrained(); a path; "random" -> untrained model (dev/tests only)
     proposals: bool = True  # object proposals (needs saliency weights); False -> no object nodes
     torch_threads: int = 1  # per replica; replicas, not threads, use the other cores
+    device: str = ""  # "" -> CPU; "cuda" on GPU workers (give the model deployment num_gpus in config.yaml)
     max_batch_size: int = 8
     batch_wait_timeout_s: float = 0.005
     box_cache_size: int = 2048  # thumbnail crop boxes remembered per replica (per object ETag + ratio)

@@ -69,8 +69,11 @@ def live(ray_session, local_s3):
     settings = {**model_settings(), "bucket": BUCKET, "prefix": PREFIX, "endpoint_url": local_s3.endpoint_url,
                 "access_key": local_s3.access_key, "secret_key": local_s3.secret_key, "region": local_s3.region,
                 "max_body_bytes": BODY_LIMIT, "max_pixels": MAX_PIXELS, "thumbnail_widths": ""}
+    # one model replica to start with (the shipped config keeps two): the batching tests see one queue
+    model_scaling = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 8, "upscale_delay_s": 10,
+                     "downscale_delay_s": 120}
     app = application(settings, ingress={"ray_actor_options": {"num_cpus": 0.25}},
-                      model={"ray_actor_options": {"num_cpus": 0.5}})
+                      model={"ray_actor_options": {"num_cpus": 0.5}, "autoscaling_config": model_scaling})
     serve.run(app, name=APP_NAME, route_prefix="/", blocking=False)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120

@@ -533,3 +533,32 @@ def test_a_killed_model_replica_costs_a_retry_or_a_503_never_a_500(live):
     while requests.post(live["url"] + "/v1/crops", params={"ratios": "1:1"}, data=data, timeout=90).status_code != 200:
         assert time.monotonic() < deadline, "crops did not come back after the kill"
         time.sleep(1)
+
+
+def test_a_model_that_stays_unavailable_is_a_503_with_retry_after():
+    """Two dead replicas in a row: 503 with a reason and Retry-After (the route turns it into JSON)."""
+    import asyncio
+
+    from ray.exceptions import RayActorError
+
+    from serve.app import MODEL_ATTEMPTS, CropIngress
+
+    calls = []
+
+    class DeadModel:
+        class crop:  # noqa: N801  (the handle's method)
+            @staticmethod
+            def remote(*args):
+                calls.append(args)
+
+                async def fail():
+                    raise RayActorError()
+
+                return fail()
+
+    ingress = object.__new__(CropIngress.func_or_class)
+    ingress.model = DeadModel()
+    with pytest.raises(ServiceError) as e:
+        asyncio.run(ingress._crop(b"jpeg", ("1:1",)))
+    assert e.value.status == 503 and "retry" in e.value.reason and e.value.headers == {"Retry-After": "2"}
+    assert len(calls) == MODEL_ATTEMPTS
