@@ -241,12 +241,14 @@ def test_head_and_conditional_get_never_vouch_for_a_broken_object(live, local_s3
         assert "max-age" not in head.headers.get("cache-control", ""), key
 
 
-def test_stalled_uploads_neither_block_health_nor_crops(live):
-    """70 clients send headers and 3 bytes of a 100 kB body, then nothing (the attack that once held
-    every replica slot for minutes): health answers within a second, crops are served, and each
-    stalled upload gets a 408 once its body deadline passes."""
+@pytest.mark.parametrize("clients", [70, 300])
+def test_stalled_uploads_neither_block_health_nor_crops(live, clients):
+    """Clients send headers and 3 bytes of a 100 kB body, then nothing (the attack that once held
+    every replica slot for minutes; 300 is more than the old 128 slots of two replicas): health
+    answers within a second, crops are served, and each stalled upload gets a 408 once its body
+    deadline passes."""
     stalled = []
-    for _ in range(70):
+    for _ in range(clients):
         s = socket.create_connection(("127.0.0.1", live["port"]), timeout=30)
         s.sendall(b"POST /v1/crops HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: image/jpeg\r\n"
                   b"Content-Length: 100000\r\n\r\n\xff\xd8\xff")
@@ -562,3 +564,38 @@ def test_a_model_that_stays_unavailable_is_a_503_with_retry_after():
         asyncio.run(ingress._crop(b"jpeg", ("1:1",)))
     assert e.value.status == 503 and "retry" in e.value.reason and e.value.headers == {"Retry-After": "2"}
     assert len(calls) == MODEL_ATTEMPTS
+
+
+def test_sixteen_clients_on_one_large_photo_hold_at_most_max_decodes_copies(live, local_s3):
+    """A 4400x4400 PNG (19 MP: 58 MB decoded, 60 KB stored) asked for by 16 clients at once: the
+    ingress replica's memory grows by a few decodes (max_decodes = 2 at a time), not by sixteen."""
+    import threading
+
+    import psutil
+    from serve_support import APP_NAME
+
+    big = encode(Image.new("RGB", (4400, 4400), (90, 120, 150)), "PNG")
+    local_s3.client().put_object(Bucket=BUCKET, Key="ugc/huge.png", Body=big)
+    ingress = [p for p in psutil.process_iter(["cmdline"])
+               if f"ServeReplica:{APP_NAME}:CropIngress" in " ".join(p.info["cmdline"] or [])]
+    assert ingress
+    base = sum(p.memory_info().rss for p in ingress)
+    peak, done = [base], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], sum(p.memory_info().rss for p in ingress if p.is_running()))
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        with ThreadPoolExecutor(16) as pool:
+            replies = list(pool.map(lambda i: requests.get(live["url"] + "/v1/thumbnail", timeout=120, params={
+                "key": "ugc/huge.png", "ratio": "1:1", "width": 128 + i}), range(16)))
+    finally:
+        done.set()
+        sampler.join()
+    assert [r.status_code for r in replies] == [200] * 16
+    decoded = 4400 * 4400 * 3
+    assert peak[0] - base < 6 * decoded, f"grew {(peak[0] - base) / 2**20:.0f} MB"  # sixteen copies would be 930 MB
