@@ -230,7 +230,10 @@ def test_an_empty_stored_object_is_named_as_such(live, local_s3):
 def test_head_and_conditional_get_never_vouch_for_a_broken_object(live, local_s3):
     """HEAD and If-None-Match answer as GET does for a stored object that is not a usable photo."""
     client = local_s3.client()
-    broken = {"ugc/broken-text.jpg": b"hello, I am text", "ugc/broken-tiny.png": encode(Image.new("RGB", (1, 1)), "PNG")}
+    good = encode(photo(640, 480))
+    broken = {"ugc/broken-text.jpg": b"hello, I am text", "ugc/broken-tiny.png": encode(Image.new("RGB", (1, 1)), "PNG"),
+              "ugc/broken-empty.jpg": b"", "ugc/broken-truncated.jpg": good[: len(good) // 3],
+              "ugc/broken-bomb.png": encode(Image.new("1", (6000, 6000)), "PNG")}  # over the 20 MP limit
     for key, data in broken.items():
         client.put_object(Bucket=BUCKET, Key=key, Body=data)
         params = {"key": key, "ratio": "16:9", "width": 64}
