@@ -3,6 +3,7 @@ stopped store; the batch job through a SeaweedFS stop and restart, then --resume
 
     OMP_NUM_THREADS=1 python benchmarks/bench_faults.py                 # both parts, ~6 min on 2 cores
     python benchmarks/bench_faults.py --part serve --seconds 20
+    python benchmarks/bench_faults.py --part memory                      # 16 clients on one 64 MP PNG
 
 Serve: a local Ray (``address="local"``), SeaweedFS on 127.0.0.1 behind the thumbnails, two replicas
 of serve.app (ingress and model deployments). 32 closed-loop clients (three in four POST /v1/crops with real photos,
@@ -17,6 +18,9 @@ Pipeline: 120 photos in SeaweedFS; crop_bucket.py runs in a subprocess (its own 
 the same port and data 15 s later; then ``--resume`` runs until
 nothing is left to redo (at most three times). Reported: each run's exit code and summary, and the
 final output's rows lost, duplicated and transient errors left.
+
+Memory (``--part memory``, not in "both"): 16 clients at once ask for thumbnails of one 8000x8000 PNG
+(64 MP, the default ``max_pixels``); the peak RSS of the ingress and model replicas against rest.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -255,6 +260,70 @@ def pipeline_part(args) -> dict:
     return report
 
 
+def memory_part(args) -> dict:
+    """16 clients at once ask for thumbnails of one 8000x8000 PNG (64 MP, the default max_pixels: 192 MB
+    decoded, 0.2 MB stored): peak RSS of the ingress and model replicas against their resting RSS."""
+    import ray
+    from ray import serve
+
+    from s2cnet.cropper import DEFAULT_WEIGHTS
+    from serve.app import application
+
+    store = start_local_s3(buckets=["photos"])
+    big = io.BytesIO()
+    Image.new("RGB", (8000, 8000), (90, 120, 150)).save(big, "PNG")
+    store.client().put_object(Bucket="photos", Key="ugc/huge.png", Body=big.getvalue())
+    settings = {"weights": "" if DEFAULT_WEIGHTS.exists() else "random", "bucket": "photos", "prefix": "ugc/",
+                "endpoint_url": store.endpoint_url, "access_key": store.access_key, "secret_key": store.secret_key,
+                "region": store.region, "thumbnail_widths": ""}
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    try:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        app = application(settings, ingress={"num_replicas": 1, "autoscaling_config": None},
+                          model={"num_replicas": 1, "autoscaling_config": None})
+        serve.run(app, name="memory", route_prefix="/", blocking=False)
+        url = f"http://127.0.0.1:{port}"
+        requests.get(url + "/healthz", timeout=60)
+        procs = {}
+        for proc in psutil.process_iter(["cmdline"]):
+            cmd = " ".join(proc.info["cmdline"] or [])
+            for name in ("CropIngress", "CropModel"):
+                if f"ServeReplica:memory:{name}" in cmd:
+                    procs[name] = proc
+        rest = {n: pr.memory_info().rss for n, pr in procs.items()}
+        peak, done = dict(rest), threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                for n, pr in procs.items():
+                    try:
+                        peak[n] = max(peak[n], pr.memory_info().rss)
+                    except psutil.Error:
+                        pass
+                time.sleep(0.02)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        t0 = time.perf_counter()
+        try:
+            with ThreadPoolExecutor(16) as pool:
+                codes = list(pool.map(lambda i: requests.get(url + "/v1/thumbnail", timeout=300, params={
+                    "key": "ugc/huge.png", "ratio": "1:1", "width": 256 + i}).status_code, range(16)))
+        finally:
+            done.set()
+            sampler.join()
+        return {"codes": dict(Counter(codes)), "seconds": round(time.perf_counter() - t0, 1),
+                "rest_mb": {n: round(v / 2**20) for n, v in rest.items()},
+                "peak_mb": {n: round(v / 2**20) for n, v in peak.items()}}
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+        store.stop()
+
+
 def _summary(text: str) -> str:
     lines = [ln for ln in text.splitlines() if ln.startswith("crop_bucket:") or "FAILED" in ln or "Error" in ln[:40]]
     return " | ".join(lines[-2:])[:300]
@@ -262,7 +331,7 @@ def _summary(text: str) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--part", choices=["serve", "pipeline", "both"], default="both")
+    ap.add_argument("--part", choices=["serve", "pipeline", "memory", "both"], default="both")
     ap.add_argument("--clients", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=20.0, help="per serve phase")
     ap.add_argument("--outage-after", type=float, default=30.0,
@@ -291,6 +360,12 @@ def main() -> None:
             print(f"| {r['run']} | {r['exit']} | {r['summary']} |")
         print(f"\nfinal output: {p['rows']} rows; lost {p['lost']}, duplicated {p['duplicated']}, "
               f"transient errors left {p['transient_errors_left']}, other errors {p['other_errors']}")
+    if args.part == "memory":
+        report["memory"] = m = memory_part(args)
+        print("\n## 16 clients, one 8000x8000 PNG (64 MP) thumbnail each, 1 ingress and 1 model replica\n")
+        print("| replica | resting RSS MB | peak RSS MB | answers |\n|---|---|---|---|")
+        for name in m["rest_mb"]:
+            print(f"| {name} | {m['rest_mb'][name]} | {m['peak_mb'][name]} | {m['codes']} in {m['seconds']} s |")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str))
 
