@@ -52,3 +52,6 @@ $PY -m s2cnet.training.export --into s2cnet/weights/s2cnet.pt --subject-heads $H
 $PY -m s2cnet.training.evaluate --data "$DATA/gaicd" --split test --objects all --fcdb "$DATA/fcdb" --json runs/eval.json
 export_weights --metrics runs/eval.json
 $PY -m s2cnet.training.export --into s2cnet/weights/s2cnet.pt --subject-heads $HEADS  # the export above rewrote the file
+# the coarse readout, distilled from the finished model's own scores (coarse-to-fine scoring)
+$PY -m s2cnet.training.coarse --data "$DATA" --weights s2cnet/weights/s2cnet.pt --out runs/coarse --threads 2
+$PY -m s2cnet.training.export --into s2cnet/weights/s2cnet.pt --coarse-readout runs/coarse/coarse.pt
