@@ -45,6 +45,8 @@ class TrainConfig:
     train_bn_affine: bool = False  # BatchNorm scale and shift learn (statistics stay fixed); in the folded
     # ImageNet files the shift is the conv's bias
     val_size: int = 60  # images carved from train for validation
+    folds: int = 0  # k-fold cross-validation: 0 keeps the val_size split; k > 1 validates on fold `fold` of k
+    fold: int = 0  # which fold is held out (0..folds-1); every photo is validated once over the k folds
     limit: int | None = None  # train on the first N training images (smoke runs, tests)
     seed: int = 0
     val_seed: int | None = None  # draws the validation split (default: seed); fix it to compare seeds on the same photos
@@ -70,10 +72,18 @@ class TrainConfig:
         return cls(model=model, **d)
 
 
-def split_train_val(root: str | Path, val_size: int, seed: int) -> tuple[list[str], list[str]]:
+def split_train_val(root: str | Path, val_size: int, seed: int, folds: int = 0,
+                    fold: int = 0) -> tuple[list[str], list[str]]:
+    """(training ids, validation ids) of GAICD's train split: the first ``val_size`` of a shuffle, or
+    with ``folds`` > 1 every ``folds``-th photo of that shuffle from ``fold`` on (the k folds partition
+    the photos, so a recipe is validated on all of them over its k runs)."""
     ids = json.loads((Path(root) / "split.json").read_text())["train"]
     ids = sorted(ids)
     random.Random(seed).shuffle(ids)
+    if folds > 1:
+        if not 0 <= fold < folds:
+            raise ValueError(f"fold must be in 0..{folds - 1}, got {fold}")
+        return [i for n, i in enumerate(ids) if n % folds != fold], ids[fold::folds]
     return ids[val_size:], ids[:val_size]
 
 
@@ -129,7 +139,8 @@ def train(cfg: TrainConfig, report=None) -> dict[str, float]:
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    train_ids, val_ids = split_train_val(cfg.data, cfg.val_size, cfg.seed if cfg.val_seed is None else cfg.val_seed)
+    train_ids, val_ids = split_train_val(cfg.data, cfg.val_size, cfg.seed if cfg.val_seed is None else cfg.val_seed,
+                                         cfg.folds, cfg.fold)
     train_ids = train_ids[: cfg.limit] if cfg.limit else train_ids
     train_set = GAICD(cfg.data, "train", augment=True, seed=cfg.seed, ids=train_ids, scale_jitter=tuple(cfg.scale_jitter))
     val_set = GAICD(cfg.data, "train", ids=val_ids)
