@@ -601,4 +601,6 @@ def test_sixteen_clients_on_one_large_photo_hold_at_most_max_decodes_copies(live
         sampler.join()
     assert [r.status_code for r in replies] == [200] * 16
     decoded = 4400 * 4400 * 3
-    assert peak[0] - base < 6 * decoded, f"grew {(peak[0] - base) / 2**20:.0f} MB"  # sixteen copies would be 930 MB
+    # max_decodes (2) decodes and their reduced copies, plus allocator slack: measured 250-370 MB here;
+    # one decode per client would be sixteen copies, 930 MB
+    assert peak[0] - base < 8 * decoded, f"grew {(peak[0] - base) / 2**20:.0f} MB"
