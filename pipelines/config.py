@@ -57,12 +57,10 @@ class ModelSpec:
         path = Path(self.weights) if self.weights else DEFAULT_WEIGHTS
         if not path.exists():
             return [] if self.untrained_ok else [f"--weights: no S2CNet weights at {path} (pass --weights PATH)"]
-        if not path.is_file():
-            return [f"--weights {path} is not a file"]
         try:
             load_checkpoint(path)
-        except Exception as e:
-            return [f"--weights {path} is not an S2CNet weights file ({type(e).__name__}: {' '.join(str(e).split())[:160]})"]
+        except ValueError as e:  # a directory, a FIFO, a JPEG, another model's file: the loader says which
+            return [f"--weights: {e}"]
         return []
 
     def build(self):

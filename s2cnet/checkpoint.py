@@ -33,10 +33,22 @@ def model_config(checkpoint: dict) -> dict:
 
 
 def load_checkpoint(path: str | Path) -> tuple[S2CNet, dict]:
-    """An eval-mode S2CNet and the raw checkpoint dict, from a shipped or a training file."""
-    ck = torch.load(path, map_location="cpu", weights_only=True)
-    model = S2CNet(S2CNetConfig.from_dict(model_config(ck)))
-    model.load_state_dict(widen(ck["model"]))
+    """An eval-mode S2CNet and the raw checkpoint dict, from a shipped or a training file.
+
+    FileNotFoundError when there is no file; ValueError, with the reason, for anything that is not
+    S2CNet weights: a directory, a FIFO (whose open would block forever), a JPEG, another model's file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no S2CNet weights at {path}")
+    if not path.is_file():
+        raise ValueError(f"S2CNet weights must be a regular file, got {path}")
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+        model = S2CNet(S2CNetConfig.from_dict(model_config(ck)))
+        model.load_state_dict(widen(ck["model"]))
+    except Exception as e:
+        raise ValueError(f"{path} is not an S2CNet weights file ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:160]})") from e
     model.eval()
     return model, ck
 

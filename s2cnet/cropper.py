@@ -177,15 +177,7 @@ class Cropper:
         subject heads alone), or any image -> (boxes, scores) callable; ``device`` ("cuda", ...) moves
         the scorer there (default: the CPU)."""
         path = Path(path) if path is not None else DEFAULT_WEIGHTS
-        if not path.exists():
-            raise FileNotFoundError(f"no S2CNet weights at {path}")
-        if not path.is_file():  # a directory, or a FIFO that would block the load forever
-            raise ValueError(f"S2CNet weights must be a regular file, got {path}")
-        try:
-            model, ck = load_checkpoint(path)
-        except Exception as e:
-            raise ValueError(f"{path} is not an S2CNet weights file ({type(e).__name__}: "
-                             f"{' '.join(str(e).split())[:160]})") from e
+        model, ck = load_checkpoint(path)  # FileNotFoundError, or ValueError for what is not S2CNet weights
         version = weights_version(path)
         if proposer == "default":
             from s2cnet.proposals import default_proposer
