@@ -142,6 +142,12 @@ class JobConfig:
                                            flag="--wait-for-actors")
 
 
+def flag(name: str) -> str:
+    """The crop_bucket option of a JobConfig field (or of any other option name): its own flag, else --name-with-dashes."""
+    own = next((f.metadata.get("flag") for f in fields(JobConfig) if f.name == name), None)
+    return own or "--" + name.replace("_", "-")
+
+
 POSITIVE = ("batch_size", "rows_per_file", "thumb_width", "block_photos", "max_pixels", "max_bytes", "min_actors")
 
 
@@ -151,8 +157,6 @@ def option_problems(cfg: JobConfig, local: bool) -> list[str]:
     import math
     import os
 
-    flag = lambda name: next((f.metadata.get("flag") for f in fields(JobConfig) if f.name == name), None) or (  # noqa: E731
-        "--" + name.replace("_", "-"))
     out = []
     for name in POSITIVE:
         v = getattr(cfg, name)

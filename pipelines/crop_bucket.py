@@ -28,7 +28,7 @@ if __name__ == "__main__" and (ROOT / "pipelines").is_dir() and str(ROOT) not in
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
 
 from pipelines.batch import OutputExistsError, StartupError, normalize_ratios, run  # noqa: E402
-from pipelines.config import JobConfig, ModelSpec  # noqa: E402
+from pipelines.config import JobConfig, ModelSpec, flag  # noqa: E402
 
 
 def job_options(p: argparse.ArgumentParser) -> None:
@@ -37,15 +37,14 @@ def job_options(p: argparse.ArgumentParser) -> None:
     for f in fields(JobConfig):
         if f.name == "model":
             continue
-        flag = f.metadata.get("flag") or "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         kind = str(f.type).split("|")[0].strip()
         if kind == "bool":
-            p.add_argument(flag, dest=f.name, action="store_false" if default else "store_true", default=None,
+            p.add_argument(flag(f.name), dest=f.name, action="store_false" if default else "store_true", default=None,
                            help=f.metadata["help"])
             continue
         shown = ",".join(default) if isinstance(default, list) else default
-        p.add_argument(flag, dest=f.name, type={"int": int, "float": float}.get(kind, str), default=None,
+        p.add_argument(flag(f.name), dest=f.name, type={"int": int, "float": float}.get(kind, str), default=None,
                        choices=f.metadata.get("choices"),
                        help=f.metadata["help"] + (f" (default: {shown})" if shown not in (None, "") else ""))
 
@@ -56,9 +55,8 @@ DEMO_OPTIONS = {"demo_dir", "ratios", "batch_size", "actors", "progress", "summa
 
 def ignored_by_demo(p: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
     """The options given (not left at their parser default) that the demo would not use, as flags."""
-    flags = {f.name: f.metadata.get("flag") or "--" + f.name.replace("_", "-") for f in fields(JobConfig)}
     given = [k for k, v in vars(args).items() if k not in DEMO_OPTIONS | {"demo"} and v != p.get_default(k)]
-    return [flags.get(k, "--" + k.replace("_", "-")) for k in given]
+    return [flag(k) for k in given]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
