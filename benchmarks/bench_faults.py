@@ -47,6 +47,9 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_serve import start_service  # noqa: E402
 
 from pipelines.object_store import start_local_s3  # noqa: E402
 
@@ -153,12 +156,18 @@ def phase(url: str, images: list[bytes], keys: list[str], clients: int, seconds:
             "max_health_ms": round(max(stats["health_ms"])) if stats["health_ms"] else None}
 
 
+def store_settings(store, **extra) -> dict:
+    """The service's Settings for a local S3 store's bucket "photos", keys under ugc/."""
+    from s2cnet.cropper import DEFAULT_WEIGHTS
+
+    return {"weights": "" if DEFAULT_WEIGHTS.exists() else "random", "bucket": "photos", "prefix": "ugc/",
+            "endpoint_url": store.endpoint_url, "access_key": store.access_key, "secret_key": store.secret_key,
+            "region": store.region, **extra}
+
+
 def serve_part(args) -> dict:
     import ray
     from ray import serve
-
-    from s2cnet.cropper import DEFAULT_WEIGHTS
-    from serve.app import application
 
     images = photos(16, args.data / "gaicd", 1024)
     store = start_local_s3(buckets=["photos"])
@@ -167,23 +176,10 @@ def serve_part(args) -> dict:
         key = f"ugc/{i}.jpg"
         store.client().put_object(Bucket="photos", Key=key, Body=data)
         keys.append(key)
-    settings = {"weights": "" if DEFAULT_WEIGHTS.exists() else "random", "bucket": "photos", "prefix": "ugc/",
-                "endpoint_url": store.endpoint_url, "access_key": store.access_key, "secret_key": store.secret_key,
-                "region": store.region}
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     report: dict = {}
     try:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        app = application(settings, ingress={"num_replicas": 2, "autoscaling_config": None,
-                                             "ray_actor_options": {"num_cpus": os.cpu_count() / 8}},
-                          model={"num_replicas": 2, "autoscaling_config": None,
-                                 "ray_actor_options": {"num_cpus": 3 * os.cpu_count() / 8}})
-        serve.run(app, name="faults", route_prefix="/", blocking=False)
-        url = f"http://127.0.0.1:{port}"
-        requests.get(url + "/healthz", timeout=60)
+        url, port = start_service(store_settings(store), "faults", 2, os.cpu_count() / 2)
         phase(url, images, keys, 4, 5.0)  # warm-up
         report["rss_before_mb"] = rss_mb()
         report["steady"] = phase(url, images, keys, args.clients, args.seconds)
@@ -266,27 +262,13 @@ def memory_part(args) -> dict:
     import ray
     from ray import serve
 
-    from s2cnet.cropper import DEFAULT_WEIGHTS
-    from serve.app import application
-
     store = start_local_s3(buckets=["photos"])
     big = io.BytesIO()
     Image.new("RGB", (8000, 8000), (90, 120, 150)).save(big, "PNG")
     store.client().put_object(Bucket="photos", Key="ugc/huge.png", Body=big.getvalue())
-    settings = {"weights": "" if DEFAULT_WEIGHTS.exists() else "random", "bucket": "photos", "prefix": "ugc/",
-                "endpoint_url": store.endpoint_url, "access_key": store.access_key, "secret_key": store.secret_key,
-                "region": store.region, "thumbnail_widths": ""}
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     try:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        app = application(settings, ingress={"num_replicas": 1, "autoscaling_config": None},
-                          model={"num_replicas": 1, "autoscaling_config": None})
-        serve.run(app, name="memory", route_prefix="/", blocking=False)
-        url = f"http://127.0.0.1:{port}"
-        requests.get(url + "/healthz", timeout=60)
+        url, _ = start_service(store_settings(store, thumbnail_widths=""), "memory", 1)
         procs = {}
         for proc in psutil.process_iter(["cmdline"]):
             cmd = " ".join(proc.info["cmdline"] or [])

@@ -174,6 +174,30 @@ def breakdown(images: list[bytes], args: dict, repeats: int = 20) -> dict:
         "n_candidates": n_cand, "n_objects": n_obj, "model_version": c.model_version}
 
 
+def start_service(settings: dict, name: str, replicas: int, cpus_per_replica: float | None = None) -> tuple[str, int]:
+    """serve.run of the ingress and the model deployment, ``replicas`` of each without autoscaling, on a
+    free 127.0.0.1 port (Ray must be up); a quarter of ``cpus_per_replica`` to each ingress replica and
+    three quarters to each model replica (None: the config file's). -> (URL, port) once /healthz answers."""
+    from ray import serve
+
+    from serve.app import application
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+
+    def options(share: float) -> dict:
+        cpus = {} if cpus_per_replica is None else {"ray_actor_options": {"num_cpus": share * cpus_per_replica}}
+        return {"num_replicas": replicas, "autoscaling_config": None, **cpus}
+
+    serve.run(application(settings, ingress=options(0.25), model=options(0.75)), name=name, route_prefix="/",
+              blocking=False)
+    url = f"http://127.0.0.1:{port}"
+    requests.get(url + "/healthz", timeout=60)
+    return url, port
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--clients", default="1,8,32")
@@ -190,8 +214,6 @@ def main() -> None:
     import ray
     from ray import serve
 
-    from serve.app import application
-
     images = photos(32, args.data)
     settings = {**model_args(args.model), "torch_threads": args.torch_threads, "max_batch_size": args.max_batch_size}
     report: dict = {"settings": settings, "replicas": args.replicas, "cores": os.cpu_count(),
@@ -202,17 +224,7 @@ def main() -> None:
 
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
     try:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
-        cpus = os.cpu_count() / args.replicas
-        app = application(settings, ingress={"num_replicas": args.replicas, "autoscaling_config": None,
-                                             "ray_actor_options": {"num_cpus": 0.25 * cpus}},
-                          model={"num_replicas": args.replicas, "autoscaling_config": None,
-                                 "ray_actor_options": {"num_cpus": 0.75 * cpus}})
-        serve.run(app, name="bench", route_prefix="/", blocking=False)
-        url = f"http://127.0.0.1:{port}"
+        url, _ = start_service(settings, "bench", args.replicas, os.cpu_count() / args.replicas)
         version = requests.get(url + "/healthz", timeout=30).json()["model_version"]
         run_level(url, images, 2 * args.replicas, 5.0)  # warm-up: every replica, threads, connections
         levels = [run_level(url, images, int(c), args.seconds) for c in args.clients.split(",")]
