@@ -254,10 +254,7 @@ def build_app(service: CropService, crop: CropFn | None = None) -> FastAPI:
             service.remember_box(key, obj.etag, ratio, box)
         # then a decode no larger than this thumbnail needs (JPEG draft mode), never the full 60 MP
         source = await decoded(obj.data, True, True, service.thumbnail_decode_size(obj.data, box, width))
-        sx = source.image.width / source.original_size[0]
-        sy = source.image.height / source.original_size[1]
-        scaled = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
-        data = await asyncio.to_thread(service.render_thumbnail, source.image, scaled, ratio, width, format)
+        data = await asyncio.to_thread(service.render_thumbnail, source, box, ratio, width, format)
         if request.method == "HEAD":  # RFC 9110: the headers a GET would send, its length included
             return Response(status_code=200, media_type=media_type, headers={**headers, "Content-Length": str(len(data))})
         return Response(data, media_type=media_type, headers=headers)

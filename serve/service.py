@@ -282,7 +282,12 @@ class CropService:
             return None
         return max(1, math.ceil(min(w, h) * scale)), max(1, math.ceil(max(w, h) * scale))
 
-    def render_thumbnail(self, image: Image.Image, box: Sequence[int], ratio: str, width: int, fmt: str) -> bytes:
+    def render_thumbnail(self, source: LoadedImage, box: Sequence[int], ratio: str, width: int, fmt: str) -> bytes:
+        """The thumbnail of ``box`` (full-size upright pixels) from ``source``, decoded at whatever size
+        (``thumbnail_decode_size``): the box is scaled to the decode's pixels here."""
+        image = source.image
+        sx, sy = image.width / source.original_size[0], image.height / source.original_size[1]
+        box = (box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy)
         size = self.thumbnail_size(ratio, width)
         pil_format, _ = self.thumbnail_format(fmt)
         thumb = image.resize(size, Image.LANCZOS, box=tuple(float(v) for v in box), reducing_gap=3.0)
