@@ -307,9 +307,11 @@ class Cropper:
         ``refine`` best admissible ones, then whichever candidate the policy would pick, until its pick
         is graph-scored (after ``MAX_REFINE_ROUNDS``, every admissible one); the rest keep their coarse
         score. The pick is therefore always graph-scored."""
-        h, w = float(feat.shape[-2] * 16), float(feat.shape[-1] * 16)
         boxes = np.concatenate(per_ratio)
         cuts = np.cumsum([len(b) for b in per_ratio])[:-1]
+        if not self.coarse_to_fine:
+            return np.split(self._score(feat, scale, boxes, objects), cuts), [np.ones(len(b), bool) for b in per_ratio]
+        h, w = float(feat.shape[-2] * 16), float(feat.shape[-1] * 16)
         crops_t = torch.from_numpy(np.asarray(boxes, np.float32) * scale).to(self.device)
         objs_t = torch.from_numpy(objects * scale).to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
@@ -321,8 +323,6 @@ class Cropper:
                 return self.model.score_tokens(feat, tokens[index], crops_t[index], objs_t, w, h,
                                                self.graph_chunk, obj_tokens).float().cpu().numpy()
 
-            if not self.coarse_to_fine:
-                return np.split(graph(np.arange(len(boxes))), cuts), [np.ones(len(b), bool) for b in per_ratio]
             scores = self.model.coarse_scores(tokens).float().cpu().numpy()
             refined = np.zeros(len(boxes), bool)
 
